@@ -1,0 +1,4 @@
+//! The subcommands, one module each; `main.rs` parses arguments and calls them.
+
+pub mod bench;
+pub mod extract;

@@ -1,0 +1,162 @@
+//! The `audit` output form: the event pruned to what the Sekoia Kubernetes parser reads.
+//!
+//! Keys keep their original order and values their original types, so the intake parses the
+//! pruned event exactly as it would the full one (`ecs(audit(e)) == ecs(e)`, tested in
+//! `tests/equivalence.rs`) while the bulky parts (`managedFields`, most of the request and
+//! response bodies) never leave the node.
+//!
+//! [`KEEP`] is the single statement of what is kept. It must cover every path that
+//! `fields.rs` locates for the `ecs` form; the equivalence test fails if it does not.
+
+use super::json::{Limits, ValueWriter, key_str, member_key, span};
+use simd_json::Node;
+
+/// What to keep of a value.
+#[derive(Debug)]
+pub(crate) enum Keep {
+    /// The value as it is.
+    Whole,
+    /// An object reduced to these members (a value of another type is kept whole, so odd
+    /// input is never silently lost). Omitted when none of the members is present.
+    Only(&'static [(&'static str, Keep)]),
+    /// A pod spec array (`containers`, `volumes`): kept whole, but the first thing given up,
+    /// element by element, when the event has to be trimmed to the size limit.
+    Bulky,
+}
+
+use Keep::{Bulky, Only, Whole};
+
+/// The kept paths: DESIGN.md §4's table, plus `kind`, `apiVersion`, `level`, `stage` and
+/// `stageTimestamp` for the analyst who reads the stored event, plus `hostPID`/`hostIPC`,
+/// which the spool classifies as critical, and `objectRef.apiVersion`.
+pub(crate) static KEEP: &[(&str, Keep)] = &[
+    ("kind", Whole),
+    ("apiVersion", Whole),
+    ("level", Whole),
+    ("auditID", Whole),
+    ("stage", Whole),
+    ("requestURI", Whole),
+    ("verb", Whole),
+    (
+        "user",
+        Only(&[("username", Whole), ("uid", Whole), ("groups", Whole)]),
+    ),
+    (
+        "impersonatedUser",
+        Only(&[("username", Whole), ("groups", Whole)]),
+    ),
+    ("sourceIPs", Whole),
+    ("userAgent", Whole),
+    (
+        "objectRef",
+        Only(&[
+            ("resource", Whole),
+            ("namespace", Whole),
+            ("name", Whole),
+            ("apiGroup", Whole),
+            ("apiVersion", Whole),
+            ("subresource", Whole),
+        ]),
+    ),
+    ("responseStatus", Only(&[("code", Whole)])),
+    (
+        "requestObject",
+        Only(&[
+            (
+                "spec",
+                Only(&[
+                    ("containers", Bulky),
+                    ("volumes", Bulky),
+                    ("hostNetwork", Whole),
+                    ("hostPID", Whole),
+                    ("hostIPC", Whole),
+                ]),
+            ),
+            ("roleRef", Only(&[("name", Whole)])),
+        ]),
+    ),
+    (
+        "responseObject",
+        Only(&[("metadata", Only(&[("name", Whole)]))]),
+    ),
+    ("requestReceivedTimestamp", Whole),
+    ("stageTimestamp", Whole),
+    (
+        "annotations",
+        Only(&[
+            ("authorization.k8s.io/decision", Whole),
+            ("authorization.k8s.io/reason", Whole),
+        ]),
+    ),
+];
+
+fn rule<'k>(rules: &'k [(&'static str, Keep)], key: &str) -> Option<&'k Keep> {
+    rules.iter().find(|(k, _)| *k == key).map(|(_, r)| r)
+}
+
+/// Writes the pruned event whose root object is `nodes[0]`.
+///
+/// `bulky_budget` is how many bytes the [`Keep::Bulky`] arrays may take together, shared and
+/// spent in document order (`usize::MAX` when not trimming).
+pub(crate) fn write(
+    nodes: &[Node<'_>],
+    out: &mut Vec<u8>,
+    limits: Limits,
+    bulky_budget: &mut usize,
+) {
+    let w = ValueWriter {
+        drop_empty: false,
+        limits,
+    };
+    // The root is an object: `Extractor::parse` rejects anything else.
+    object(&w, nodes, 0, KEEP, out, bulky_budget, 0);
+}
+
+/// Writes the object at `nodes[i]` reduced to `rules`. Returns `false` (nothing written)
+/// when no member survived.
+fn object(
+    w: &ValueWriter,
+    nodes: &[Node<'_>],
+    i: usize,
+    rules: &[(&'static str, Keep)],
+    out: &mut Vec<u8>,
+    bulky_budget: &mut usize,
+    depth: usize,
+) -> bool {
+    let Node::Object { len, .. } = nodes[i] else {
+        return false;
+    };
+    let start = out.len();
+    out.push(b'{');
+    let mut written = 0;
+    let mut j = i + 1;
+    for _ in 0..len {
+        let key = key_str(nodes, j);
+        let v = j + 1;
+        j += 1 + span(nodes, v);
+        let Some(keep) = rule(rules, key) else {
+            continue;
+        };
+        let member = out.len();
+        member_key(out, written, key);
+        let kept = match keep {
+            Whole => w.value(nodes, v, out, depth + 1),
+            Only(inner) if matches!(nodes[v], Node::Object { .. }) => {
+                object(w, nodes, v, inner, out, bulky_budget, depth + 1)
+            }
+            Only(_) => w.value(nodes, v, out, depth + 1),
+            Bulky => w.bulky_array(nodes, v, out, depth + 1, bulky_budget),
+        };
+        if kept && w.fits(out, depth + 1) {
+            written += 1;
+        } else {
+            out.truncate(member);
+        }
+    }
+    if written == 0 && depth > 0 {
+        out.truncate(start);
+        return false;
+    }
+    out.push(b'}');
+    true
+}

@@ -1,0 +1,364 @@
+//! Extract: one audit-log line in, one output event out (DESIGN.md §4, §5).
+//!
+//! A line is parsed **in place** by simd-json into a tape that the [`Extractor`] keeps and
+//! reuses, together with simd-json's scratch [`Buffers`]; the fields are located by tape
+//! index ([`Fields`]) and the output is written into a caller-owned buffer. Once the buffers
+//! have grown to the largest event seen, extracting an event allocates nothing
+//! (`tests/no_alloc.rs` holds this to zero).
+//!
+//! Size invariant: no `audit` or `ecs` output is larger than [`Extractor::max_event_bytes`]
+//! (250 KiB by default, the intake's per-event limit). An event that would be is trimmed —
+//! first the pod-spec arrays, then long strings — and marked with
+//! `"kube_audit_shipper":{"truncated":true,"original_bytes":N}`; it is never dropped.
+
+mod audit;
+mod ecs;
+mod fields;
+mod json;
+
+pub use fields::Fields;
+
+use json::Limits;
+use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
+use std::fmt;
+use std::io::Write;
+
+/// The intake drops any single event over 250 KiB (DESIGN.md §5).
+pub const MAX_EVENT_BYTES: usize = 250 * 1024;
+
+/// Deepest nesting accepted. Kubernetes objects stay far below it; it bounds the recursion
+/// of the output writer.
+pub const MAX_DEPTH: usize = 512;
+
+/// Room kept free when trimming: the truncation marker (under 80 bytes) and the keys that
+/// surround the pod-spec arrays in the `ecs` form.
+const TRIM_RESERVE: usize = 256;
+
+/// Strings are cut to this many bytes at the second trimming level.
+const TRIM_STRING_CAP: usize = 4096;
+
+/// Which output an event is turned into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The event pruned to what the Sekoia parser reads (the default for Sekoia).
+    Audit,
+    /// The ECS document the intake would produce.
+    Ecs,
+    /// The line as read.
+    Raw,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "audit" => Ok(Format::Audit),
+            "ecs" => Ok(Format::Ecs),
+            "raw" => Ok(Format::Raw),
+            _ => Err(format!("unknown format {s:?} (expected audit, ecs or raw)")),
+        }
+    }
+}
+
+/// Why a line is not an audit event.
+#[derive(Debug)]
+pub enum ExtractError {
+    /// Not valid UTF-8.
+    InvalidUtf8,
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// Valid JSON, but not an object.
+    NotAnObject(&'static str),
+    /// Not valid JSON: what is wrong and the byte offset in the line where it was found.
+    Invalid { reason: &'static str, at: usize },
+}
+
+impl fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtractError::InvalidUtf8 => f.write_str("not valid UTF-8"),
+            ExtractError::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
+            ExtractError::NotAnObject(kind) => {
+                write!(f, "a JSON {kind}, not an object")
+            }
+            ExtractError::Invalid { reason, at } => {
+                write!(f, "not valid JSON ({reason} at byte {at})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExtractError {}
+
+impl ExtractError {
+    #[cold]
+    fn from_simd(e: &simd_json::Error, len: usize) -> ExtractError {
+        use ErrorType as T;
+        let reason = match e.error() {
+            T::InvalidUtf8 => return ExtractError::InvalidUtf8,
+            T::DepthLimitExceeded => return ExtractError::TooDeep,
+            T::Eof | T::UnterminatedString | T::ExpectedArrayContent | T::ExpectedObjectContent => {
+                "ends in the middle of a value (truncated line?)"
+            }
+            T::TrailingData => "more data after the JSON value",
+            T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+                "invalid escape sequence in a string"
+            }
+            T::InvalidNumber | T::InvalidExponent => "invalid number",
+            T::KeyMustBeAString | T::BadKeyType | T::ExpectedObjectKey => "object key is not a string",
+            T::ExpectedObjectColon => "expected ':' after an object key",
+            T::ExpectedMapComma | T::ExpectedArrayComma | T::ExpectedMapEnd => {
+                "expected ',' or a closing bracket"
+            }
+            T::InputTooLarge => "line too large for the parser (4 GiB)",
+            // simd-json reports most cut-off documents as a syntax error at their end.
+            _ if e.index() + 1 >= len => "ends in the middle of a value (truncated line?)",
+            _ => "unexpected character",
+        };
+        ExtractError::Invalid {
+            reason,
+            at: e.index(),
+        }
+    }
+}
+
+/// What writing an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Written {
+    /// The event was over the size limit and was trimmed (and marked).
+    pub truncated: bool,
+}
+
+/// Reusable parser state. One per thread; feed it lines one after another.
+pub struct Extractor {
+    buffers: Buffers,
+    /// Always empty between calls; lent to the [`Event`] of the current line.
+    tape: Tape<'static>,
+    roles: Vec<u32>,
+    max_event_bytes: usize,
+}
+
+impl Default for Extractor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Extractor {
+    pub fn new() -> Extractor {
+        Extractor {
+            buffers: Buffers::with_max_depth(64 * 1024, MAX_DEPTH),
+            tape: Tape(Vec::new()),
+            roles: Vec::new(),
+            max_event_bytes: MAX_EVENT_BYTES,
+        }
+    }
+
+    /// Sets the largest `audit`/`ecs` output (at least 1 KiB, so a trimmed event still
+    /// carries its identity).
+    pub fn with_max_event_bytes(mut self, max: usize) -> Extractor {
+        self.max_event_bytes = max.max(1024);
+        self
+    }
+
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Parses the line `buf[..len]` **in place** (its bytes are rewritten: copy first if the
+    /// raw line is still needed). When `buf` has [`INPUT_PADDING`] bytes after the line, the
+    /// parser reads them instead of copying the line; their content does not matter and is
+    /// left unchanged.
+    pub fn parse<'a>(&'a mut self, buf: &'a mut [u8], len: usize) -> Result<Event<'a>, ExtractError> {
+        let Extractor {
+            buffers,
+            tape: home,
+            roles,
+            max_event_bytes,
+        } = self;
+        let mut tape: Tape<'a> = std::mem::replace(home, Tape(Vec::new())).reset();
+        let padded = buf.len() >= len.saturating_add(INPUT_PADDING);
+        let parsed = if padded {
+            simd_json::fill_tape_padded(buf, len, buffers, &mut tape)
+        } else {
+            let len = len.min(buf.len());
+            simd_json::fill_tape(&mut buf[..len], buffers, &mut tape)
+        };
+        let root = match parsed {
+            Ok(()) => tape.0.first().copied(),
+            Err(e) => {
+                *home = tape.reset();
+                return Err(ExtractError::from_simd(&e, len));
+            }
+        };
+        let kind = match root {
+            Some(Node::Object { .. }) => None,
+            Some(Node::Array { .. }) => Some("array"),
+            Some(Node::String(_)) => Some("string"),
+            Some(Node::Static(simd_json::StaticNode::Null)) => Some("null"),
+            Some(Node::Static(simd_json::StaticNode::Bool(_))) => Some("boolean"),
+            Some(Node::Static(_)) => Some("number"),
+            None => Some("empty document"),
+        };
+        if let Some(kind) = kind {
+            *home = tape.reset();
+            return Err(ExtractError::NotAnObject(kind));
+        }
+        let fields = Fields::locate(&tape.0);
+        Ok(Event {
+            tape,
+            home,
+            roles,
+            fields,
+            raw_len: len,
+            max_event_bytes: *max_event_bytes,
+        })
+    }
+
+    /// Appends the output for the line `buf[..len]` to `out` (no newline). On error `out` is
+    /// unchanged. `buf` is parsed in place, as in [`Extractor::parse`].
+    pub fn extract(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        format: Format,
+        out: &mut Vec<u8>,
+    ) -> Result<Written, ExtractError> {
+        match format {
+            Format::Raw => {
+                // Copy before parsing rewrites the line; validate, then keep the copy.
+                let start = out.len();
+                out.extend_from_slice(&buf[..len]);
+                match self.parse(buf, len) {
+                    Ok(_) => Ok(Written::default()),
+                    Err(e) => {
+                        out.truncate(start);
+                        Err(e)
+                    }
+                }
+            }
+            _ => Ok(self.parse(buf, len)?.write(format, out)),
+        }
+    }
+}
+
+/// One parsed audit event, borrowing the line and the [`Extractor`]'s tape.
+pub struct Event<'a> {
+    tape: Tape<'a>,
+    home: &'a mut Tape<'static>,
+    roles: &'a mut Vec<u32>,
+    fields: Fields,
+    raw_len: usize,
+    max_event_bytes: usize,
+}
+
+impl Drop for Event<'_> {
+    fn drop(&mut self) {
+        // Hand the tape's allocation back for the next line.
+        *self.home = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+    }
+}
+
+impl<'a> Event<'a> {
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+
+    /// The string at a located field, if the field is present and a string.
+    pub fn text(&self, field: Option<u32>) -> Option<&'a str> {
+        match self.tape.0.get(field? as usize)? {
+            Node::String(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    pub fn verb(&self) -> Option<&'a str> {
+        self.text(self.fields.verb)
+    }
+
+    pub fn audit_id(&self) -> Option<&'a str> {
+        self.text(self.fields.audit_id)
+    }
+
+    pub fn stage(&self) -> Option<&'a str> {
+        self.text(self.fields.stage)
+    }
+
+    /// `requestReceivedTimestamp` as written by the API server (RFC 3339, UTC).
+    pub fn request_received(&self) -> Option<&'a str> {
+        self.text(self.fields.request_received)
+    }
+
+    /// Length in bytes of the line this event was parsed from.
+    pub fn raw_len(&self) -> usize {
+        self.raw_len
+    }
+
+    /// Appends the `audit` or `ecs` form to `out` (no newline), trimmed if needed to stay
+    /// within the size limit. [`Format::Raw`] is written by [`Extractor::extract`], which
+    /// still has the unparsed line; here it falls back to `audit`.
+    pub fn write(&mut self, format: Format, out: &mut Vec<u8>) -> Written {
+        let start = out.len();
+        let mut unlimited = usize::MAX;
+        self.render(format, out, Limits::NONE, &mut unlimited);
+        if out.len() - start <= self.max_event_bytes {
+            return Written { truncated: false };
+        }
+        self.write_trimmed(format, out, start);
+        Written { truncated: true }
+    }
+
+    /// Re-renders an oversized event at increasing trimming levels until it fits:
+    /// 1. pod-spec arrays cut to the room the rest leaves;
+    /// 2. also every string cut to [`TRIM_STRING_CAP`], and nothing kept past the limit;
+    /// 3. as 2, without the pod-spec arrays.
+    ///
+    /// Level 2 cannot exceed the limit by construction (`hard_end`); level 3 is the
+    /// belt to its braces.
+    #[cold]
+    fn write_trimmed(&mut self, format: Format, out: &mut Vec<u8>, start: usize) {
+        let room = self.max_event_bytes.saturating_sub(TRIM_RESERVE);
+        let capped = Limits {
+            string_cap: TRIM_STRING_CAP,
+            hard_end: start + room,
+        };
+        for (limits, bulky) in [(Limits::NONE, true), (capped, true), (capped, false)] {
+            out.truncate(start);
+            // The event without its pod-spec arrays tells how much room they may have.
+            self.render(format, out, limits, &mut 0);
+            let skeleton = out.len() - start;
+            if skeleton > room {
+                continue;
+            }
+            if bulky {
+                out.truncate(start);
+                self.render(format, out, limits, &mut (room - skeleton));
+            }
+            if out.len() - start <= room {
+                break;
+            }
+        }
+        self.mark_truncated(out, start);
+    }
+
+    fn mark_truncated(&self, out: &mut Vec<u8>, start: usize) {
+        if out.last() == Some(&b'}') {
+            out.pop();
+        }
+        if out.len() > start + 1 {
+            out.push(b',');
+        }
+        let _ = write!(
+            out,
+            "\"kube_audit_shipper\":{{\"truncated\":true,\"original_bytes\":{}}}}}",
+            self.raw_len
+        );
+    }
+
+    fn render(&mut self, format: Format, out: &mut Vec<u8>, limits: Limits, bulky: &mut usize) {
+        match format {
+            Format::Ecs => ecs::write(&self.tape.0, &self.fields, out, limits, bulky, self.roles),
+            Format::Audit | Format::Raw => audit::write(&self.tape.0, out, limits, bulky),
+        }
+    }
+}
