@@ -42,7 +42,11 @@ pub struct LineReader<R> {
 pub enum Item<'a> {
     Line(Line<'a>),
     /// A line longer than the maximum, skipped. `len` excludes the newline.
-    TooLong { line_no: u64, offset: u64, len: u64 },
+    TooLong {
+        line_no: u64,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A line, without its `\n` (and without a `\r` before it).
@@ -92,6 +96,19 @@ impl<R: Read> LineReader<R> {
     pub fn starting_at(mut self, offset: u64) -> Self {
         self.offset = offset;
         self
+    }
+
+    /// Reads from `src` from now on, starting over at offset 0 and line 1 (the buffer is
+    /// kept, so a reader can be reused without allocating).
+    pub fn reset(&mut self, src: R) {
+        self.src = src;
+        self.start = 0;
+        self.end = 0;
+        self.scan = 0;
+        self.offset = 0;
+        self.line_no = 0;
+        self.eof = false;
+        self.skipping = None;
     }
 
     /// Stream offset of the first byte not yet yielded.
@@ -245,7 +262,10 @@ mod tests {
         while let Some(item) = r.next_item().unwrap() {
             got.push(match item {
                 Item::Line(l) => {
-                    assert!(l.buf.len() >= l.len + INPUT_PADDING, "padding after every line");
+                    assert!(
+                        l.buf.len() >= l.len + INPUT_PADDING,
+                        "padding after every line"
+                    );
                     format!(
                         "{}@{}..{}{}",
                         String::from_utf8_lossy(l.bytes()),
@@ -254,7 +274,11 @@ mod tests {
                         if l.terminated { "" } else { "(eof)" }
                     )
                 }
-                Item::TooLong { line_no, offset, len } => format!("TooLong#{line_no}@{offset}+{len}"),
+                Item::TooLong {
+                    line_no,
+                    offset,
+                    len,
+                } => format!("TooLong#{line_no}@{offset}+{len}"),
             });
         }
         assert_eq!(r.offset(), input.len() as u64, "every byte accounted for");
@@ -282,7 +306,12 @@ mod tests {
         for chunk in [1, 16, 4096] {
             assert_eq!(
                 collect(&input, 40, chunk),
-                ["ok@0..3", "TooLong#2@3+1000", "fine@1004..1009", "TooLong#4@1009+50"],
+                [
+                    "ok@0..3",
+                    "TooLong#2@3+1000",
+                    "fine@1004..1009",
+                    "TooLong#4@1009+50"
+                ],
                 "chunk {chunk}"
             );
         }

@@ -124,7 +124,11 @@ fn run_bench(mut args: lexopt::Parser) -> Result<ExitCode, String> {
     if rounds == 0 {
         return Err("--rounds 0: expected at least 1".into());
     }
-    bench::run(&bench::Options { file, rounds, level })?;
+    bench::run(&bench::Options {
+        file,
+        rounds,
+        level,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -137,6 +141,5 @@ where
     let text = raw
         .string()
         .map_err(|_| format!("{name}: value is not valid UTF-8"))?;
-    text.parse()
-        .map_err(|e| format!("{name} {text:?}: {e}"))
+    text.parse().map_err(|e| format!("{name} {text:?}: {e}"))
 }

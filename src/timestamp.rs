@@ -95,10 +95,19 @@ mod tests {
     #[test]
     fn parses_what_the_api_server_writes() {
         // date -u -d 2026-11-24T14:55:27Z +%s → 1795532127
-        assert_eq!(parse_micros("2026-11-24T14:55:27.763391Z"), Some(1_795_532_127_763_391));
+        assert_eq!(
+            parse_micros("2026-11-24T14:55:27.763391Z"),
+            Some(1_795_532_127_763_391)
+        );
         assert_eq!(parse_micros("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_micros("2024-02-29T00:00:00.5Z"), Some(1_709_164_800_500_000));
-        assert_eq!(parse_micros("2022-11-23T14:36:45.243457123Z"), Some(1_669_214_205_243_457));
+        assert_eq!(
+            parse_micros("2024-02-29T00:00:00.5Z"),
+            Some(1_709_164_800_500_000)
+        );
+        assert_eq!(
+            parse_micros("2022-11-23T14:36:45.243457123Z"),
+            Some(1_669_214_205_243_457)
+        );
         assert_eq!(
             parse_micros("2026-11-24T15:55:27+01:00"),
             parse_micros("2026-11-24T14:55:27Z")

@@ -47,7 +47,11 @@ fn the_model_agrees_with_the_seed_too() {
         .map(|l| comparable(json(l)))
         .collect();
     for (i, line) in corpus::seed_raw().iter().enumerate() {
-        assert_eq!(comparable(model::ecs(&json(line))), expected[i], "seed event {i}");
+        assert_eq!(
+            comparable(model::ecs(&json(line))),
+            expected[i],
+            "seed event {i}"
+        );
     }
 }
 

@@ -23,7 +23,12 @@ fn check(x: &mut Extractor, line: &str) -> (usize, usize) {
     let audit = out(x, line, Format::Audit);
     let direct = out(x, line, Format::Ecs);
     let via_audit = out(x, &audit, Format::Ecs);
-    assert_eq!(via_audit, direct, "ecs(audit(e)) != ecs(e) for {}", &line[..line.len().min(400)]);
+    assert_eq!(
+        via_audit,
+        direct,
+        "ecs(audit(e)) != ecs(e) for {}",
+        &line[..line.len().min(400)]
+    );
 
     // Original order: the pruned key paths are a subsequence of the event's.
     // (serde_json is built with preserve_order off, so compare by re-reading raw key order.)
@@ -38,16 +43,33 @@ fn check(x: &mut Extractor, line: &str) -> (usize, usize) {
         let top = k.split('.').next().unwrap();
         assert!(
             [
-                "kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user",
-                "impersonatedUser", "sourceIPs", "userAgent", "objectRef", "responseStatus",
-                "requestObject", "responseObject", "requestReceivedTimestamp", "stageTimestamp",
+                "kind",
+                "apiVersion",
+                "level",
+                "auditID",
+                "stage",
+                "requestURI",
+                "verb",
+                "user",
+                "impersonatedUser",
+                "sourceIPs",
+                "userAgent",
+                "objectRef",
+                "responseStatus",
+                "requestObject",
+                "responseObject",
+                "requestReceivedTimestamp",
+                "stageTimestamp",
                 "annotations"
             ]
             .contains(&top),
             "{k} should have been pruned"
         );
     }
-    assert!(audit.len() <= line.len() + 8, "pruned form is not larger than the event");
+    assert!(
+        audit.len() <= line.len() + 8,
+        "pruned form is not larger than the event"
+    );
     (line.len(), audit.len())
 }
 
@@ -94,7 +116,10 @@ fn pruned_events_parse_exactly_like_full_ones() {
     assert!(n > 6000);
     // Small metadata events have little to prune; request/response bodies are what goes.
     assert!(pruned * 4 < raw * 3, "pruned {pruned} of {raw} bytes");
-    assert!(big_raw > 0 && big_pruned * 20 < big_raw, "large events: {big_pruned} of {big_raw} bytes");
+    assert!(
+        big_raw > 0 && big_pruned * 20 < big_raw,
+        "large events: {big_pruned} of {big_raw} bytes"
+    );
 }
 
 #[test]
@@ -107,7 +132,14 @@ fn every_shape_of_the_design_is_covered() {
         let mut shape = corpus::Shape::random(&mut rng);
         match i % 8 {
             0 => shape.v1beta1 = true,
-            1 => shape.stage = ["RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"][i / 8 % 4],
+            1 => {
+                shape.stage = [
+                    "RequestReceived",
+                    "ResponseStarted",
+                    "ResponseComplete",
+                    "Panic",
+                ][i / 8 % 4]
+            }
             2 => {
                 shape.resource = None;
                 shape.non_resource_url = Some("/healthz");
@@ -133,13 +165,20 @@ fn every_shape_of_the_design_is_covered() {
 #[test]
 fn audit_form_keeps_original_key_order() {
     let mut x = Extractor::new();
-    for line in corpus::samples().iter().take(300).chain(&corpus::seed_raw()) {
+    for line in corpus::samples()
+        .iter()
+        .take(300)
+        .chain(&corpus::seed_raw())
+    {
         let audit = out(&mut x, line, Format::Audit);
         let original = top_level_order(line);
         let kept = top_level_order(&audit);
         let mut it = original.iter();
         for k in &kept {
-            assert!(it.any(|o| o == k), "{k} out of order: {kept:?} vs {original:?}");
+            assert!(
+                it.any(|o| o == k),
+                "{k} out of order: {kept:?} vs {original:?}"
+            );
         }
     }
 }

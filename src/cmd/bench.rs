@@ -90,7 +90,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
         ("read + split lines (ceiling)", Path::Split),
         ("extract → audit", Path::Extract(Format::Audit)),
         ("extract → ecs", Path::Extract(Format::Ecs)),
-        ("extract → audit → gzip", Path::ExtractGzip(Format::Audit, opts.level)),
+        (
+            "extract → audit → gzip",
+            Path::ExtractGzip(Format::Audit, opts.level),
+        ),
     ];
     let mut full_path = Sample::default();
     for (label, path) in paths {
@@ -163,7 +166,9 @@ pub fn run(opts: &Options) -> Result<(), String> {
 
 /// The run with the median CPU time of `rounds` runs.
 fn median(rounds: usize, mut f: impl FnMut() -> Result<Sample, String>) -> Result<Sample, String> {
-    let mut samples = (0..rounds.max(1)).map(|_| f()).collect::<Result<Vec<_>, _>>()?;
+    let mut samples = (0..rounds.max(1))
+        .map(|_| f())
+        .collect::<Result<Vec<_>, _>>()?;
     samples.sort_by_key(|s| s.cpu);
     Ok(samples[samples.len() / 2])
 }
@@ -230,18 +235,23 @@ fn pass(file: &str, path: Path, mut census: Option<&mut Census>) -> Result<Sampl
 }
 
 /// Ends a batch: counts its bytes and, on the gzip path, compresses it as one member.
-fn seal(out: &mut Vec<u8>, gz: &mut Vec<u8>, path: Path, sample: &mut Sample) -> Result<(), String> {
+fn seal(
+    out: &mut Vec<u8>,
+    gz: &mut Vec<u8>,
+    path: Path,
+    sample: &mut Sample,
+) -> Result<(), String> {
     sample.out_bytes += out.len() as u64;
-    if let Path::ExtractGzip(_, level) = path {
-        if !out.is_empty() {
-            gz.clear();
-            let mut enc = GzEncoder::new(&mut *gz, Compression::new(level));
-            enc.write_all(out)
-                .and_then(|()| enc.try_finish())
-                .map_err(|e| format!("gzip: {e}"))?;
-            drop(enc);
-            sample.gz_bytes += gz.len() as u64;
-        }
+    if let Path::ExtractGzip(_, level) = path
+        && !out.is_empty()
+    {
+        gz.clear();
+        let mut enc = GzEncoder::new(&mut *gz, Compression::new(level));
+        enc.write_all(out)
+            .and_then(|()| enc.try_finish())
+            .map_err(|e| format!("gzip: {e}"))?;
+        drop(enc);
+        sample.gz_bytes += gz.len() as u64;
     }
     out.clear();
     Ok(())
@@ -273,7 +283,10 @@ pub fn cpu_description() -> String {
         yes(std::is_x86_feature_detected!("sse4.2")),
     );
     #[cfg(target_arch = "aarch64")]
-    let features = format!("neon {}", yes(std::arch::is_aarch64_feature_detected!("neon")));
+    let features = format!(
+        "neon {}",
+        yes(std::arch::is_aarch64_feature_detected!("neon"))
+    );
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let features = String::from("no SIMD path in simd-json for this architecture");
     format!(

@@ -56,7 +56,11 @@ pub fn run(opts: &Options) -> Result<Summary, Failure> {
         } else {
             Box::new(File::open(name).map_err(|e| Failure::Input(format!("{name}: {e}")))?)
         };
-        let label = if name == "-" { "<stdin>" } else { name.as_str() };
+        let label = if name == "-" {
+            "<stdin>"
+        } else {
+            name.as_str()
+        };
         let mut lines = LineReader::with_max_line(src, opts.max_line);
         loop {
             let item = lines
@@ -64,9 +68,13 @@ pub fn run(opts: &Options) -> Result<Summary, Failure> {
                 .map_err(|e| Failure::Input(format!("{label}: {e}")))?;
             let problem = match item {
                 None => break,
-                Some(Item::TooLong { line_no, len, .. }) => {
-                    Some((line_no, format!("line of {len} bytes is over the maximum of {} bytes", opts.max_line)))
-                }
+                Some(Item::TooLong { line_no, len, .. }) => Some((
+                    line_no,
+                    format!(
+                        "line of {len} bytes is over the maximum of {} bytes",
+                        opts.max_line
+                    ),
+                )),
                 Some(Item::Line(line)) => {
                     if line.bytes().iter().all(u8::is_ascii_whitespace) {
                         continue;

@@ -159,7 +159,10 @@ pub(crate) fn write(
     role.field(out, w, nodes, "name", f.role_ref_name);
     role.close(out, &mut k8s, w);
     let mut spec = k8s.open(out, "spec");
-    for (key, index) in [("containers", f.spec_containers), ("volumes", f.spec_volumes)] {
+    for (key, index) in [
+        ("containers", f.spec_containers),
+        ("volumes", f.spec_volumes),
+    ] {
         if let Some(i) = index {
             let depth = spec.depth + 1;
             spec.member(out, w, key, |out| {
@@ -243,10 +246,10 @@ fn sorted_strings(
     // Direct children only: a nested array or object is skipped with its whole span.
     let mut j = i + 1;
     while j <= i + count {
-        if let Node::String(s) = nodes[j] {
-            if !s.is_empty() {
-                scratch.push(j as u32);
-            }
+        if let Node::String(s) = nodes[j]
+            && !s.is_empty()
+        {
+            scratch.push(j as u32);
         }
         j += super::json::span(nodes, j);
     }

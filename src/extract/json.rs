@@ -288,7 +288,10 @@ mod tests {
         assert_eq!(escaped("a\"b\\c"), r#""a\"b\\c""#);
         assert_eq!(escaped("\n\r\t\u{8}\u{c}"), r#""\n\r\t\b\f""#);
         assert_eq!(escaped("\u{0}\u{1f}"), r#""\u0000\u001f""#);
-        assert_eq!(escaped("é ü 日本 \u{2028} </script> &"), "\"é ü 日本 \u{2028} </script> &\"");
+        assert_eq!(
+            escaped("é ü 日本 \u{2028} </script> &"),
+            "\"é ü 日本 \u{2028} </script> &\""
+        );
     }
 
     #[test]

@@ -91,8 +91,10 @@ impl fmt::Display for ExtractError {
 impl std::error::Error for ExtractError {}
 
 impl ExtractError {
+    /// `last_structural` is the offset of the document's last structural character: an error
+    /// found there means the document ended before it was complete.
     #[cold]
-    fn from_simd(e: &simd_json::Error, len: usize) -> ExtractError {
+    fn from_simd(e: &simd_json::Error, last_structural: Option<usize>) -> ExtractError {
         use ErrorType as T;
         let reason = match e.error() {
             T::InvalidUtf8 => return ExtractError::InvalidUtf8,
@@ -105,14 +107,19 @@ impl ExtractError {
                 "invalid escape sequence in a string"
             }
             T::InvalidNumber | T::InvalidExponent => "invalid number",
-            T::KeyMustBeAString | T::BadKeyType | T::ExpectedObjectKey => "object key is not a string",
+            T::KeyMustBeAString | T::BadKeyType | T::ExpectedObjectKey => {
+                "object key is not a string"
+            }
             T::ExpectedObjectColon => "expected ':' after an object key",
             T::ExpectedMapComma | T::ExpectedArrayComma | T::ExpectedMapEnd => {
                 "expected ',' or a closing bracket"
             }
             T::InputTooLarge => "line too large for the parser (4 GiB)",
-            // simd-json reports most cut-off documents as a syntax error at their end.
-            _ if e.index() + 1 >= len => "ends in the middle of a value (truncated line?)",
+            // simd-json reports most cut-off documents as a syntax error at their last
+            // structural character.
+            _ if last_structural.is_some_and(|last| e.index() >= last) => {
+                "ends in the middle of a value (truncated line?)"
+            }
             _ => "unexpected character",
         };
         ExtractError::Invalid {
@@ -169,13 +176,23 @@ impl Extractor {
     /// raw line is still needed). When `buf` has [`INPUT_PADDING`] bytes after the line, the
     /// parser reads them instead of copying the line; their content does not matter and is
     /// left unchanged.
-    pub fn parse<'a>(&'a mut self, buf: &'a mut [u8], len: usize) -> Result<Event<'a>, ExtractError> {
+    pub fn parse<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+    ) -> Result<Event<'a>, ExtractError> {
         let Extractor {
             buffers,
             tape: home,
             roles,
             max_event_bytes,
         } = self;
+        // Only a document that opens an object or array can be cut off inside it (read now:
+        // the parse borrows the line).
+        let opened = buf[..len.min(buf.len())]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'{' | b'['));
         let mut tape: Tape<'a> = std::mem::replace(home, Tape(Vec::new())).reset();
         let padded = buf.len() >= len.saturating_add(INPUT_PADDING);
         let parsed = if padded {
@@ -188,7 +205,13 @@ impl Extractor {
             Ok(()) => tape.0.first().copied(),
             Err(e) => {
                 *home = tape.reset();
-                return Err(ExtractError::from_simd(&e, len));
+                let structurals = buffers.structural_indexes();
+                let last = structurals
+                    .iter()
+                    .rev()
+                    .map(|&i| i as usize)
+                    .find(|&i| i < len);
+                return Err(ExtractError::from_simd(&e, last.filter(|_| opened)));
             }
         };
         let kind = match root {

@@ -25,8 +25,8 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
     }
     pub fn uuid(&mut self) -> String {
         let a = self.next();
@@ -94,7 +94,16 @@ const RESOURCES: &[&str] = &[
     "certificatesigningrequests",
 ];
 const VERBS: &[&str] = &[
-    "get", "get", "list", "watch", "watch", "update", "update", "create", "patch", "delete",
+    "get",
+    "get",
+    "list",
+    "watch",
+    "watch",
+    "update",
+    "update",
+    "create",
+    "patch",
+    "delete",
     "deletecollection",
 ];
 const STAGES: &[&str] = &[
@@ -117,34 +126,71 @@ const IPS: &[&str] = &[
 impl Shape {
     pub fn random(rng: &mut Rng) -> Shape {
         let non_resource = rng.chance(8);
-        let level = *rng.pick(&["Metadata", "Request", "Request", "RequestResponse"]);
-        let resource = (!non_resource).then(|| *rng.pick(RESOURCES));
-        let verb = *rng.pick(VERBS);
+        let level = rng.pick(&["Metadata", "Request", "Request", "RequestResponse"]);
+        let resource = (!non_resource).then(|| rng.pick(RESOURCES));
+        let verb = rng.pick(VERBS);
         let denied = rng.chance(4);
         Shape {
             level,
-            stage: *rng.pick(STAGES),
+            stage: rng.pick(STAGES),
             v1beta1: rng.chance(5),
             verb,
             resource,
             subresource: match resource {
-                Some("pods") if rng.chance(15) => Some(*rng.pick(&["exec", "attach", "portforward", "log", "status"])),
+                Some("pods") if rng.chance(15) => {
+                    Some(rng.pick(&["exec", "attach", "portforward", "log", "status"]))
+                }
                 Some("deployments") if rng.chance(30) => Some("scale"),
                 _ => None,
             },
-            namespace: (resource.is_some() && rng.chance(80)).then(|| rng.pick(&["default", "kube-system", "edge", "ünïcode-ns"]).to_string()),
-            name: (resource.is_some() && !matches!(verb, "list" | "watch" | "deletecollection") && rng.chance(90))
-                .then(|| format!("obj-{}", rng.below(1000))),
-            non_resource_url: non_resource.then(|| *rng.pick(&["/healthz", "/readyz", "/version", "/metrics", "/livez?verbose"])),
-            user: *rng.pick(USERS),
+            namespace: (resource.is_some() && rng.chance(80)).then(|| {
+                rng.pick(&["default", "kube-system", "edge", "ünïcode-ns"])
+                    .to_string()
+            }),
+            name: (resource.is_some()
+                && !matches!(verb, "list" | "watch" | "deletecollection")
+                && rng.chance(90))
+            .then(|| format!("obj-{}", rng.below(1000))),
+            non_resource_url: non_resource.then(|| {
+                rng.pick(&[
+                    "/healthz",
+                    "/readyz",
+                    "/version",
+                    "/metrics",
+                    "/livez?verbose",
+                ])
+            }),
+            user: rng.pick(USERS),
             impersonate: rng.chance(3),
             denied,
-            status: if denied { *rng.pick(&[401, 403]) } else { *rng.pick(&[200, 200, 200, 201, 404, 409, 101, 500]) },
-            source_ip: rng.chance(95).then(|| *rng.pick(IPS)),
-            user_agent: rng.chance(90).then(|| format!("kubectl/v1.{}.{} (linux/arm64) kubernetes/{:07x}", 28 + rng.below(9), rng.below(9), rng.below(1 << 28))),
+            status: if denied {
+                rng.pick(&[401, 403])
+            } else {
+                rng.pick(&[200, 200, 200, 201, 404, 409, 101, 500])
+            },
+            source_ip: rng.chance(95).then(|| rng.pick(IPS)),
+            user_agent: rng.chance(90).then(|| {
+                format!(
+                    "kubectl/v1.{}.{} (linux/arm64) kubernetes/{:07x}",
+                    28 + rng.below(9),
+                    rng.below(9),
+                    rng.below(1 << 28)
+                )
+            }),
             annotations: rng.chance(95),
-            risky_pod: (resource == Some("pods") && matches!(verb, "create" | "update" | "patch") && rng.chance(40))
-                .then(|| *rng.pick(&["privileged", "hostNetwork", "hostPath", "hostPID", "hostIPC", "plain"])),
+            risky_pod: (resource == Some("pods")
+                && matches!(verb, "create" | "update" | "patch")
+                && rng.chance(40))
+            .then(|| {
+                rng.pick(&[
+                    "privileged",
+                    "hostNetwork",
+                    "hostPath",
+                    "hostPID",
+                    "hostIPC",
+                    "plain",
+                ])
+            }),
             payload: if rng.below(400) == 0 {
                 50_000 + rng.below(200_000) as usize
             } else if rng.chance(20) {
@@ -160,12 +206,22 @@ impl Shape {
 fn text(rng: &mut Rng, shape: &Shape, n: usize) -> String {
     let mut s = String::with_capacity(n + 16);
     let pieces: &[&str] = if shape.escapes {
-        &["quote\"d ", "back\\slash ", "line\nbreak ", "tab\t", "nul\u{0} ", "é日本 ", "emoji🚀 ", "\u{2028} ", "<&> "]
+        &[
+            "quote\"d ",
+            "back\\slash ",
+            "line\nbreak ",
+            "tab\t",
+            "nul\u{0} ",
+            "é日本 ",
+            "emoji🚀 ",
+            "\u{2028} ",
+            "<&> ",
+        ]
     } else {
         &["alpha ", "beta-gamma ", "key=value ", "0123456789 "]
     };
     while s.len() < n {
-        s.push_str(*rng.pick(pieces));
+        s.push_str(rng.pick(pieces));
     }
     s
 }
@@ -203,11 +259,13 @@ fn pod_spec(rng: &mut Rng, shape: &Shape) -> Value {
         Some("hostPID") => spec["hostPID"] = json!(true),
         Some("hostIPC") => spec["hostIPC"] = json!(true),
         Some("hostPath") => {
-            spec["volumes"] = json!([{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}])
+            spec["volumes"] =
+                json!([{"name": "host", "hostPath": {"path": "/", "type": "Directory"}}])
         }
         _ => {
             if rng.chance(50) {
-                spec["volumes"] = json!([{"name": "cfg", "configMap": {"name": "app-config", "items": []}}]);
+                spec["volumes"] =
+                    json!([{"name": "cfg", "configMap": {"name": "app-config", "items": []}}]);
             }
         }
     }
@@ -218,8 +276,12 @@ fn pod_spec(rng: &mut Rng, shape: &Shape) -> Value {
 }
 
 fn object_body(rng: &mut Rng, shape: &Shape, response: bool) -> Value {
-    let name = shape.name.clone().unwrap_or_else(|| format!("gen-{}", rng.below(99)));
-    let mut metadata = json!({"name": name, "namespace": shape.namespace, "creationTimestamp": null});
+    let name = shape
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("gen-{}", rng.below(99)));
+    let mut metadata =
+        json!({"name": name, "namespace": shape.namespace, "creationTimestamp": null});
     if response {
         metadata["uid"] = json!(rng.uuid());
         metadata["resourceVersion"] = json!(rng.below(1 << 30).to_string());
@@ -230,16 +292,22 @@ fn object_body(rng: &mut Rng, shape: &Shape, response: bool) -> Value {
         }]);
     }
     let mut body = match shape.resource {
-        Some("pods") => json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": pod_spec(rng, shape), "status": {}}),
+        Some("pods") => {
+            json!({"kind": "Pod", "apiVersion": "v1", "metadata": metadata, "spec": pod_spec(rng, shape), "status": {}})
+        }
         Some("clusterrolebindings") | Some("rolebindings") => json!({
             "kind": "ClusterRoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": metadata,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rng.pick(&["cluster-admin", "view", "edit"])},
             "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]
         }),
-        Some("deployments") => json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": metadata,
-            "spec": {"replicas": rng.below(5), "template": {"spec": pod_spec(rng, shape)}}}),
-        Some("leases") => json!({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata,
-            "spec": {"holderIdentity": "edge-01", "leaseDurationSeconds": 15, "renewTime": "2026-11-24T14:55:27.763391Z"}}),
+        Some("deployments") => {
+            json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": metadata,
+            "spec": {"replicas": rng.below(5), "template": {"spec": pod_spec(rng, shape)}}})
+        }
+        Some("leases") => {
+            json!({"kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata,
+            "spec": {"holderIdentity": "edge-01", "leaseDurationSeconds": 15, "renewTime": "2026-11-24T14:55:27.763391Z"}})
+        }
         _ => json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": metadata, "data": {}}),
     };
     if shape.payload > 0 {
@@ -261,7 +329,11 @@ pub fn event(rng: &mut Rng, shape: &Shape) -> String {
     e.insert("kind".into(), json!("Event"));
     e.insert(
         "apiVersion".into(),
-        json!(if shape.v1beta1 { "audit.k8s.io/v1beta1" } else { "audit.k8s.io/v1" }),
+        json!(if shape.v1beta1 {
+            "audit.k8s.io/v1beta1"
+        } else {
+            "audit.k8s.io/v1"
+        }),
     );
     if shape.v1beta1 {
         e.insert("metadata".into(), json!({"creationTimestamp": received}));
@@ -273,9 +345,20 @@ pub fn event(rng: &mut Rng, shape: &Shape) -> String {
     let uri = match (shape.non_resource_url, shape.resource) {
         (Some(url), _) => url.to_string(),
         (None, Some(r)) => {
-            let ns = shape.namespace.as_deref().map(|n| format!("/namespaces/{n}")).unwrap_or_default();
-            let name = shape.name.as_deref().map(|n| format!("/{n}")).unwrap_or_default();
-            let sub = shape.subresource.map(|s| format!("/{s}")).unwrap_or_default();
+            let ns = shape
+                .namespace
+                .as_deref()
+                .map(|n| format!("/namespaces/{n}"))
+                .unwrap_or_default();
+            let name = shape
+                .name
+                .as_deref()
+                .map(|n| format!("/{n}"))
+                .unwrap_or_default();
+            let sub = shape
+                .subresource
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
             format!("/api/v1{ns}/{r}{name}{sub}?timeout=32s")
         }
         (None, None) => "/".into(),
@@ -384,10 +467,16 @@ pub fn corpus(seed: u64, n: usize) -> Vec<String> {
 /// sample of every verb/level/stage/resource/status seen; see the fixture's origin in
 /// `tests/fixtures/README.md`).
 pub fn samples() -> Vec<String> {
-    include_str!("../fixtures/apiserver-audit.jsonl").lines().map(str::to_owned).collect()
+    include_str!("../fixtures/apiserver-audit.jsonl")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The seed's raw events (always in the repository).
 pub fn seed_raw() -> Vec<String> {
-    include_str!("../fixtures/seed/raw.jsonl").lines().map(str::to_owned).collect()
+    include_str!("../fixtures/seed/raw.jsonl")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }

@@ -7,7 +7,11 @@ pub mod model;
 use kube_audit_shipper::extract::{ExtractError, Extractor, Format, Written};
 
 /// Runs one line through a fresh-enough extractor (callers reuse theirs when they can).
-pub fn extract(x: &mut Extractor, line: &str, format: Format) -> Result<(String, Written), ExtractError> {
+pub fn extract(
+    x: &mut Extractor,
+    line: &str,
+    format: Format,
+) -> Result<(String, Written), ExtractError> {
     let mut buf = line.as_bytes().to_vec();
     let len = buf.len();
     buf.resize(len + simd_json_padding(), 0);

@@ -33,7 +33,7 @@ pub fn prune(v: &Value) -> Option<Value> {
     (!is_empty(&pruned)).then_some(pruned)
 }
 
-fn present<'a>(v: Option<&'a Value>) -> Option<&'a Value> {
+fn present(v: Option<&Value>) -> Option<&Value> {
     v.filter(|v| !is_empty(v))
 }
 
@@ -62,11 +62,27 @@ pub fn ecs(e: &Value) -> Value {
     set(&mut d, &["event", "code"], f(&["auditID"]));
     let decision = get(e, &["annotations", "authorization.k8s.io/decision"]).cloned();
     set(&mut d, &["event", "outcome"], decision.clone());
-    set(&mut d, &["event", "start"], f(&["requestReceivedTimestamp"]));
+    set(
+        &mut d,
+        &["event", "start"],
+        f(&["requestReceivedTimestamp"]),
+    );
     set(&mut d, &["action", "outcome"], decision);
-    set(&mut d, &["http", "response", "status_code"], f(&["responseStatus", "code"]));
-    set(&mut d, &["kubernetes", "api", "group"], f(&["objectRef", "apiGroup"]));
-    set(&mut d, &["kubernetes", "namespace"], f(&["objectRef", "namespace"]));
+    set(
+        &mut d,
+        &["http", "response", "status_code"],
+        f(&["responseStatus", "code"]),
+    );
+    set(
+        &mut d,
+        &["kubernetes", "api", "group"],
+        f(&["objectRef", "apiGroup"]),
+    );
+    set(
+        &mut d,
+        &["kubernetes", "namespace"],
+        f(&["objectRef", "namespace"]),
+    );
     let name = present(get(e, &["objectRef", "name"]))
         .or(get(e, &["responseObject", "metadata", "name"]))
         .cloned();
@@ -76,8 +92,16 @@ pub fn ecs(e: &Value) -> Value {
         &["kubernetes", "rbacreason"],
         f(&["annotations", "authorization.k8s.io/reason"]),
     );
-    set(&mut d, &["kubernetes", "resource"], f(&["objectRef", "resource"]));
-    set(&mut d, &["kubernetes", "role", "name"], f(&["requestObject", "roleRef", "name"]));
+    set(
+        &mut d,
+        &["kubernetes", "resource"],
+        f(&["objectRef", "resource"]),
+    );
+    set(
+        &mut d,
+        &["kubernetes", "role", "name"],
+        f(&["requestObject", "roleRef", "name"]),
+    );
     set(
         &mut d,
         &["kubernetes", "spec", "containers"],
@@ -93,7 +117,11 @@ pub fn ecs(e: &Value) -> Value {
         &["kubernetes", "spec", "host_network"],
         f(&["requestObject", "spec", "hostNetwork"]),
     );
-    set(&mut d, &["kubernetes", "subresource"], f(&["objectRef", "subresource"]));
+    set(
+        &mut d,
+        &["kubernetes", "subresource"],
+        f(&["objectRef", "subresource"]),
+    );
     let ip = get(e, &["sourceIPs"])
         .and_then(|v| v.as_array())
         .and_then(|a| a.first())
@@ -115,7 +143,11 @@ pub fn ecs(e: &Value) -> Value {
     set(&mut d, &["user", "name"], user);
     let groups = present(get(e, &["impersonatedUser", "groups"])).or(get(e, &["user", "groups"]));
     if let Some(Value::Array(g)) = groups {
-        let mut roles: Vec<&str> = g.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).collect();
+        let mut roles: Vec<&str> = g
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
         roles.sort();
         set(&mut d, &["user", "roles"], Some(json!(roles)));
     }
