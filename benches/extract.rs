@@ -1,1 +1,323 @@
-fn main() {}
+//! Extraction throughput: this project's extractor against a serde_json borrowed-struct
+//! baseline and the simd-json DOM, on the same generated corpus, in the same run.
+//!
+//! `cargo bench --bench extract` (env `BENCH_ROUNDS`, default 9; `BENCH_EVENTS`, default
+//! 20000). Each round runs every variant over the whole corpus; the reported figure is the
+//! median round, measured in CPU time of this thread so other load on the machine matters
+//! less. Every variant gets each line copied into a reused buffer first (simd-json parses in
+//! place and needs a fresh copy; serde_json does not, so the copy slightly favours the
+//! baseline).
+
+#[path = "../tests/support/corpus.rs"]
+mod corpus;
+
+use kube_audit_shipper::cmd::bench::{cpu_description, thread_cpu_time};
+use kube_audit_shipper::extract::{Extractor, Format};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use simd_json::prelude::*;
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::time::Duration;
+
+// --- the baseline: serde_json into borrowed structs of the same fields -------------------
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct AuditEvent<'a> {
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    level: Cow<'a, str>,
+    #[serde(borrow, default, rename = "auditID")]
+    audit_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    stage: Cow<'a, str>,
+    #[serde(borrow, default, rename = "requestURI")]
+    request_uri: Cow<'a, str>,
+    #[serde(borrow, default)]
+    verb: Cow<'a, str>,
+    #[serde(borrow, default)]
+    user: User<'a>,
+    #[serde(borrow, default)]
+    impersonated_user: User<'a>,
+    #[serde(borrow, default, rename = "sourceIPs")]
+    source_ips: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_agent: Cow<'a, str>,
+    #[serde(borrow, default)]
+    object_ref: ObjectRef<'a>,
+    #[serde(default)]
+    response_status: Status,
+    #[serde(borrow, default)]
+    request_object: RequestObject<'a>,
+    #[serde(borrow, default)]
+    response_object: ResponseObject<'a>,
+    #[serde(borrow, default)]
+    request_received_timestamp: Cow<'a, str>,
+    #[serde(borrow, default)]
+    stage_timestamp: Cow<'a, str>,
+    #[serde(borrow, default)]
+    annotations: Annotations<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+struct User<'a> {
+    #[serde(borrow, default)]
+    username: Cow<'a, str>,
+    #[serde(borrow, default)]
+    uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    groups: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct ObjectRef<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    resource: Cow<'a, str>,
+    #[serde(borrow, default)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow, default)]
+    subresource: Cow<'a, str>,
+    #[serde(borrow, default)]
+    api_group: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+struct Status {
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct RequestObject<'a> {
+    #[serde(borrow, default)]
+    spec: Spec<'a>,
+    #[serde(borrow, default)]
+    role_ref: Named<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct Spec<'a> {
+    #[serde(borrow, default)]
+    containers: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    volumes: Option<&'a RawValue>,
+    #[serde(default)]
+    host_network: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+struct ResponseObject<'a> {
+    #[serde(borrow, default)]
+    metadata: Named<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+struct Named<'a> {
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+struct Annotations<'a> {
+    #[serde(borrow, default, rename = "authorization.k8s.io/decision")]
+    decision: Cow<'a, str>,
+    #[serde(borrow, default, rename = "authorization.k8s.io/reason")]
+    reason: Cow<'a, str>,
+}
+
+// --- the variants --------------------------------------------------------------------------
+
+type Variant = fn(&[Vec<u8>], &mut State) -> usize;
+
+struct State {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    extractor: Extractor,
+    buffers: simd_json::Buffers,
+}
+
+/// Copies a line into the reused buffer, padded as the line reader leaves it.
+fn load<'a>(buf: &'a mut Vec<u8>, line: &[u8]) -> &'a mut Vec<u8> {
+    buf.clear();
+    buf.extend_from_slice(line);
+    buf.resize(line.len() + simd_json::INPUT_PADDING, 0);
+    buf
+}
+
+fn ours(lines: &[Vec<u8>], s: &mut State, format: Format) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let buf = load(&mut s.buf, line);
+        s.out.clear();
+        s.extractor
+            .extract(buf, line.len(), format, &mut s.out)
+            .unwrap();
+        n += s.out.len();
+    }
+    n
+}
+
+fn ours_audit(lines: &[Vec<u8>], s: &mut State) -> usize {
+    ours(lines, s, Format::Audit)
+}
+
+fn ours_ecs(lines: &[Vec<u8>], s: &mut State) -> usize {
+    ours(lines, s, Format::Ecs)
+}
+
+/// Parse and locate the fields only: the same work the baseline does.
+fn ours_locate(lines: &[Vec<u8>], s: &mut State) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let buf = load(&mut s.buf, line);
+        let event = s.extractor.parse(buf, line.len()).unwrap();
+        n += event.verb().map_or(0, str::len) + event.audit_id().map_or(0, str::len);
+        n += black_box(event.fields())
+            .user_name
+            .map_or(0, |i| i as usize);
+    }
+    n
+}
+
+fn serde_struct(lines: &[Vec<u8>], s: &mut State) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let buf = load(&mut s.buf, line);
+        let e: AuditEvent = serde_json::from_slice(&buf[..line.len()]).unwrap();
+        n += e.verb.len() + e.audit_id.len() + e.user.username.len();
+        black_box(&e);
+    }
+    n
+}
+
+fn simd_dom(lines: &[Vec<u8>], s: &mut State) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let buf = load(&mut s.buf, line);
+        let v = simd_json::to_borrowed_value_with_buffers(&mut buf[..line.len()], &mut s.buffers)
+            .unwrap();
+        for path in [
+            &["verb"][..],
+            &["auditID"],
+            &["user", "username"],
+            &["user", "uid"],
+            &["objectRef", "resource"],
+            &["objectRef", "name"],
+            &["annotations", "authorization.k8s.io/decision"],
+            &["requestReceivedTimestamp"],
+            &["userAgent"],
+            &["requestURI"],
+        ] {
+            let mut cur = Some(&v);
+            for k in path {
+                cur = cur.and_then(|c| c.get(*k));
+            }
+            n += cur.and_then(|c| c.as_str()).map_or(0, str::len);
+        }
+        n += v
+            .get("responseStatus")
+            .and_then(|s| s.get("code"))
+            .and_then(|c| c.as_i64())
+            .unwrap_or(0) as usize;
+        black_box(&v);
+    }
+    n
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(9);
+    let events: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let lines: Vec<Vec<u8>> = corpus::corpus(42, events)
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let big = lines.iter().filter(|l| l.len() >= 50_000).count();
+    let mut sorted: Vec<usize> = lines.iter().map(Vec::len).collect();
+    sorted.sort_unstable();
+    println!(
+        "corpus: {} events, {:.1} MB, mean {} B, median {} B, {} events ≥ 50 KB (max {} B)",
+        lines.len(),
+        bytes as f64 / 1e6,
+        bytes / lines.len(),
+        sorted[sorted.len() / 2],
+        big,
+        sorted[sorted.len() - 1]
+    );
+    println!("cpu: {}", cpu_description());
+    println!("rounds: {rounds} (median of per-round CPU time)\n");
+
+    let variants: [(&str, Variant); 5] = [
+        ("serde_json borrowed struct (baseline)", serde_struct),
+        ("simd-json DOM (to_borrowed_value)", simd_dom),
+        ("ours: parse + locate fields", ours_locate),
+        ("ours: extract → audit (full path)", ours_audit),
+        ("ours: extract → ecs (full path)", ours_ecs),
+    ];
+    // BENCH_ONLY=substring runs just the matching variants (for profiling one of them).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let variants: Vec<(&str, Variant)> = variants
+        .into_iter()
+        .filter(|(name, _)| name.contains(&only))
+        .collect();
+    let mut state = State {
+        buf: Vec::new(),
+        out: Vec::new(),
+        extractor: Extractor::new(),
+        buffers: simd_json::Buffers::new(64 * 1024),
+    };
+    // Interleaved rounds: drifting machine load hits every variant alike.
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    for (_, f) in &variants {
+        black_box(f(&lines, &mut state)); // warm-up
+    }
+    for _ in 0..rounds {
+        for (i, (_, f)) in variants.iter().enumerate() {
+            let start = thread_cpu_time();
+            black_box(f(&lines, &mut state));
+            times[i].push(thread_cpu_time() - start);
+        }
+    }
+    let median = |t: &mut Vec<Duration>| {
+        t.sort();
+        t[t.len() / 2].as_secs_f64()
+    };
+    let medians: Vec<f64> = times.iter_mut().map(median).collect();
+    println!(
+        "{:<40} {:>10} {:>12} {:>12}",
+        "variant", "MB/s", "events/s", "vs baseline"
+    );
+    for (i, (name, _)) in variants.iter().enumerate() {
+        println!(
+            "{:<40} {:>10.1} {:>12.0} {:>11.2}x",
+            name,
+            bytes as f64 / 1e6 / medians[i],
+            lines.len() as f64 / medians[i],
+            medians[0] / medians[i] // relative to the first variant run
+        );
+    }
+}

@@ -127,6 +127,7 @@ fn unusual_but_valid_events_are_handled() {
         "{\"requestURI\":\"/\\u00e9\\u65e5\\ud83d\\ude80\\\"\\\\\\/\\b\\f\\n\\r\\t\\u0001\"}",
         " \t{\"verb\":\"get\"} \r",
         r#"{"n":18446744073709551615,"m":-9223372036854775808,"f":1.5e-300,"g":-0.0}"#,
+        r#"{"requestObject":{"spec":{"containers":[{"n":123456789012345678901234567890}]}}}"#,
     ] {
         for format in [Format::Audit, Format::Ecs] {
             let (out, _) = extract(&mut x, line, format).unwrap_or_else(|e| panic!("{line}: {e}"));

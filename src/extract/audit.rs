@@ -8,7 +8,7 @@
 //! [`KEEP`] is the single statement of what is kept. It must cover every path that
 //! `fields.rs` locates for the `ecs` form; the equivalence test fails if it does not.
 
-use super::json::{Limits, ValueWriter, key_str, member_key, span};
+use super::json::{Limits, ValueWriter, clean_member_key, key_str, span};
 use simd_json::Node;
 
 /// What to keep of a value.
@@ -90,8 +90,15 @@ pub(crate) static KEEP: &[(&str, Keep)] = &[
     ),
 ];
 
+/// The rule for `key`. Length and first byte are compared before the bytes: most keys of an
+/// event match no rule, and this keeps them from costing a `memcmp` call per rule.
+#[inline]
 fn rule<'k>(rules: &'k [(&'static str, Keep)], key: &str) -> Option<&'k Keep> {
-    rules.iter().find(|(k, _)| *k == key).map(|(_, r)| r)
+    let first = key.as_bytes().first()?;
+    rules
+        .iter()
+        .find(|(k, _)| k.len() == key.len() && k.as_bytes()[0] == *first && *k == key)
+        .map(|(_, r)| r)
 }
 
 /// Writes the pruned event whose root object is `nodes[0]`.
@@ -138,7 +145,8 @@ fn object(
             continue;
         };
         let member = out.len();
-        member_key(out, written, key);
+        // `key` equals a rule's name, and those need no escaping.
+        clean_member_key(out, written, key);
         let kept = match keep {
             Whole => w.value(nodes, v, out, depth + 1),
             Only(inner) if matches!(nodes[v], Node::Object { .. }) => {

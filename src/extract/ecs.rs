@@ -11,7 +11,7 @@
 //! the fields the platform infers (`user_agent.device/name/os`).
 
 use super::fields::Fields;
-use super::json::{Limits, ValueWriter, member_key, string};
+use super::json::{Limits, ValueWriter, clean_member_key, string};
 use simd_json::{Node, StaticNode};
 use std::net::IpAddr;
 
@@ -35,7 +35,7 @@ impl Obj {
 
     fn open(&self, out: &mut Vec<u8>, key: &str) -> Obj {
         let mark = out.len();
-        member_key(out, self.members, key);
+        clean_member_key(out, self.members, key);
         out.push(b'{');
         Obj {
             mark,
@@ -63,7 +63,7 @@ impl Obj {
         write: impl FnOnce(&mut Vec<u8>) -> bool,
     ) {
         let mark = out.len();
-        member_key(out, self.members, key);
+        clean_member_key(out, self.members, key);
         if write(out) && w.fits(out, self.depth + 1) {
             self.members += 1;
         } else {
