@@ -26,7 +26,8 @@ pub(crate) enum Keep {
 
 use Keep::{Bulky, Only, Whole};
 
-/// The kept paths: DESIGN.md §4's table, plus `kind`, `apiVersion`, `level`, `stage` and
+/// The kept paths, in the order kube-apiserver writes them (see [`rule`]): DESIGN.md §4's
+/// table, plus `kind`, `apiVersion`, `level`, `stage` and
 /// `stageTimestamp` for the analyst who reads the stored event, plus `hostPID`/`hostIPC`,
 /// which the spool classifies as critical, and `objectRef.apiVersion`.
 pub(crate) static KEEP: &[(&str, Keep)] = &[
@@ -90,15 +91,23 @@ pub(crate) static KEEP: &[(&str, Keep)] = &[
     ),
 ];
 
-/// The rule for `key`. Length and first byte are compared before the bytes: most keys of an
-/// event match no rule, and this keeps them from costing a `memcmp` call per rule.
+/// The rule for `key`, searched from `cursor` (just past the previous match) round to it.
+///
+/// The rules are listed in the order kube-apiserver writes the keys (its Go struct order), so
+/// for a real event the next key is almost always found at the first probe, where a search
+/// from the start would cost about half the list per key.
 #[inline]
-fn rule<'k>(rules: &'k [(&'static str, Keep)], key: &str) -> Option<&'k Keep> {
-    let first = key.as_bytes().first()?;
-    rules
-        .iter()
-        .find(|(k, _)| k.len() == key.len() && k.as_bytes()[0] == *first && *k == key)
-        .map(|(_, r)| r)
+fn rule<'k>(rules: &'k [(&'static str, Keep)], key: &str, cursor: &mut usize) -> Option<&'k Keep> {
+    let n = rules.len();
+    for probe in 0..n {
+        let i = (*cursor + probe) % n;
+        let (name, keep) = &rules[i];
+        if name.len() == key.len() && *name == key {
+            *cursor = i + 1;
+            return Some(keep);
+        }
+    }
+    None
 }
 
 /// Writes the pruned event whose root object is `nodes[0]`.
@@ -136,12 +145,13 @@ fn object(
     let start = out.len();
     out.push(b'{');
     let mut written = 0;
+    let mut cursor = 0;
     let mut j = i + 1;
     for _ in 0..len {
         let key = key_str(nodes, j);
         let v = j + 1;
         j += 1 + span(nodes, v);
-        let Some(keep) = rule(rules, key) else {
+        let Some(keep) = rule(rules, key, &mut cursor) else {
             continue;
         };
         let member = out.len();
