@@ -71,24 +71,9 @@ impl ValueWriter {
                     true
                 }
             }
-            Node::Array { len, .. } => {
-                out.push(b'[');
-                let mut j = i + 1;
-                let mut written = 0usize;
-                for _ in 0..len {
-                    let element = out.len();
-                    if written > 0 {
-                        out.push(b',');
-                    }
-                    if self.value(nodes, j, out, depth + 1) && self.fits(out, depth + 1) {
-                        written += 1;
-                    } else {
-                        out.truncate(element);
-                    }
-                    j += span(nodes, j);
-                }
-                out.push(b']');
-                written > 0 || !self.drop_empty
+            Node::Array { .. } => {
+                let mut unlimited = usize::MAX;
+                self.array(nodes, i, out, depth, &mut unlimited)
             }
             Node::Object { len, .. } => {
                 out.push(b'{');
@@ -128,9 +113,9 @@ impl ValueWriter {
     }
 
     /// Appends the array at `nodes[i]` keeping elements, in order, only while they fit in
-    /// `budget` bytes; what they take is subtracted from it. With an unlimited budget this is
-    /// [`ValueWriter::value`]. Returns `false` (nothing written) for a non-array, or for an
-    /// empty result under `drop_empty`.
+    /// `budget` bytes; what they take is subtracted from it. A value that is not an array is
+    /// written by [`ValueWriter::value`]. Returns `false` (nothing written) when the value was
+    /// dropped.
     pub fn bulky_array(
         &self,
         nodes: &[Node<'_>],
@@ -139,13 +124,32 @@ impl ValueWriter {
         depth: usize,
         budget: &mut usize,
     ) -> bool {
-        let Node::Array { len, .. } = nodes[i] else {
-            return self.value(nodes, i, out, depth);
-        };
-        if *budget == usize::MAX {
+        if !matches!(nodes[i], Node::Array { .. }) {
             return self.value(nodes, i, out, depth);
         }
         let mark = out.len();
+        let kept = self.array(nodes, i, out, depth, budget);
+        if !kept {
+            out.truncate(mark);
+        }
+        kept
+    }
+
+    /// Writes the array at `nodes[i]`, elements in document order while they fit in
+    /// `budget` bytes and under the hard limit (once one does not, later ones would leave a
+    /// hole, so the array ends there). Returns whether the array is kept; the caller removes
+    /// it if not.
+    fn array(
+        &self,
+        nodes: &[Node<'_>],
+        i: usize,
+        out: &mut Vec<u8>,
+        depth: usize,
+        budget: &mut usize,
+    ) -> bool {
+        let Node::Array { len, .. } = nodes[i] else {
+            return false;
+        };
         out.push(b'[');
         let mut j = i + 1;
         let mut written = 0usize;
@@ -162,19 +166,13 @@ impl ValueWriter {
             } else {
                 out.truncate(element);
                 if kept {
-                    // In document order: once one element is over budget, later ones
-                    // would leave a hole in the middle of the array.
                     break;
                 }
             }
             j += span(nodes, j);
         }
         out.push(b']');
-        if written == 0 && self.drop_empty {
-            out.truncate(mark);
-            return false;
-        }
-        true
+        written > 0 || !self.drop_empty
     }
 }
 
