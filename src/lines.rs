@@ -9,7 +9,9 @@
 //! - Offsets are absolute byte positions in the stream, so a caller can commit "everything up
 //!   to `end`" as a checkpoint.
 //! - A final line without a newline is yielded only at end of input ([`Line::terminated`] is
-//!   then `false`); a tailer that expects more data can treat it as not yet complete.
+//!   then `false`). In *follow* mode (a file being written) end of input is only "nothing
+//!   more yet": the partial line stays buffered until its newline arrives, or until the
+//!   caller gives up on the file and takes it with [`LineReader::take_partial`].
 
 use simd_json::INPUT_PADDING;
 use std::io::{self, Read};
@@ -33,6 +35,7 @@ pub struct LineReader<R> {
     line_no: u64,
     max_line: usize,
     eof: bool,
+    follow: bool,
     /// Inside an over-long line: (its start offset, bytes skipped so far).
     skipping: Option<(u64, u64)>,
 }
@@ -88,8 +91,31 @@ impl<R: Read> LineReader<R> {
             line_no: 0,
             max_line: max_line.max(1),
             eof: false,
+            follow: false,
             skipping: None,
         }
+    }
+
+    /// Follow mode: end of input means "nothing more yet" (see the module docs).
+    pub fn following(mut self) -> Self {
+        self.follow = true;
+        self
+    }
+
+    /// In follow mode, the buffered partial line (or the end of an over-long one), for
+    /// when the file is left for good. `None` when nothing is pending.
+    pub fn take_partial(&mut self) -> Option<Item<'_>> {
+        self.finish()
+    }
+
+    /// The source being read.
+    pub fn get_ref(&self) -> &R {
+        &self.src
+    }
+
+    /// Bytes read but not yet yielded (a partial line).
+    pub fn pending(&self) -> u64 {
+        (self.end - self.start) as u64 + self.skipping.map_or(0, |(_, n)| n)
     }
 
     /// Starts counting offsets at `offset` (the stream was already positioned there).
@@ -152,6 +178,10 @@ impl<R: Read> LineReader<R> {
             self.scan = self.end;
 
             if self.eof {
+                if self.follow {
+                    self.eof = false;
+                    return Ok(None);
+                }
                 return Ok(self.finish());
             }
             let pending = self.end - self.start;
@@ -318,6 +348,37 @@ mod tests {
         let mut r = LineReader::with_max_line(&input[..], 40);
         while r.next_item().unwrap().is_some() {}
         assert!(r.buf.len() <= 41 + INPUT_PADDING + INITIAL_CAPACITY.min(41));
+    }
+
+    #[test]
+    fn follow_mode_holds_a_partial_line_until_its_newline() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("kas-follow-{}", std::process::id()));
+        let mut writer = std::fs::File::create(&path).unwrap();
+        let mut r = LineReader::new(std::fs::File::open(&path).unwrap()).following();
+        let next = |r: &mut LineReader<std::fs::File>| match r.next_item().unwrap() {
+            Some(Item::Line(l)) => Some(String::from_utf8_lossy(l.bytes()).into_owned()),
+            None => None,
+            other => panic!("{other:?}"),
+        };
+        writer.write_all(b"one\ntw").unwrap();
+        assert_eq!(next(&mut r).as_deref(), Some("one"));
+        assert_eq!(next(&mut r), None, "partial line held back");
+        assert_eq!((r.offset(), r.pending()), (4, 2));
+        writer.write_all(b"o\nthr").unwrap();
+        assert_eq!(next(&mut r).as_deref(), Some("two"));
+        assert_eq!(next(&mut r), None);
+        match r.take_partial() {
+            Some(Item::Line(l)) => {
+                assert_eq!(
+                    (l.bytes(), l.terminated, l.offset, l.end),
+                    (&b"thr"[..], false, 8, 11)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.take_partial().is_none());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

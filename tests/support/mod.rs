@@ -1,6 +1,7 @@
 //! Shared by the integration tests: the corpus generator, the ECS model, and helpers.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod corpus;
 pub mod model;
 

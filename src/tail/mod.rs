@@ -1,0 +1,908 @@
+//! Tail: follows kube-apiserver audit logs across rotation, compression and restarts
+//! (DESIGN.md §2, §3), in the split of Fluent Bit's `in_tail`:
+//!
+//! - [`file`]: file identity (device, inode, fingerprint) and the byte source (plain/gzip);
+//! - [`checkpoint`]: the committed offsets, stored durably;
+//! - [`watch`]: the inotify wake-up;
+//! - this module: the scanner that matches names to files and the reader that drains them.
+//!
+//! How files are followed:
+//! - Every file whose name matches the pattern is followed. A followed file whose name no
+//!   longer leads to it (renamed by rotation, deleted) is *rotated*: it is still read through
+//!   its open descriptor — renamed and deleted files stay readable on Linux, and with
+//!   `--audit-log-compress` the uncompressed backup lives only milliseconds — until its end,
+//!   and then left. Files are read oldest first, so a rotated file is drained before the new
+//!   one is started, and lines come out in write order.
+//! - Nothing is recorded for what is merely read. The pipeline calls [`Tailer::commit`] with
+//!   a line's [`Position`] once that line is durable downstream, and [`Tailer::save`] makes
+//!   the commits durable. A restart resumes every file at its committed offset: in the plain
+//!   file if it is still there (matched by inode and fingerprint), inside its `.gz` if it was
+//!   compressed meanwhile (matched by fingerprint of the decompressed start).
+//! - After a restart, rotated backups newer than the last save that the checkpoint does not
+//!   know were written while the shipper was down: they are read from their start. Older
+//!   unknown backups predate the shipper and are left alone.
+//! - What cannot be read is reported as a [`Gap`], never silently skipped: a file deleted
+//!   (pruned by `--audit-log-maxbackup`) before it was read to its end while the shipper was
+//!   down, a file truncated in place, a rotated file given up because too many were open, a
+//!   read error. The size is exact when the file's final size was known.
+
+pub mod checkpoint;
+pub mod file;
+pub mod watch;
+
+use crate::lines::{Item, LineReader};
+use checkpoint::{Checkpoints, Entry, LoadProblem};
+use file::{FileId, Fingerprint, Source, dev_ino, fingerprint_file, is_gz, prefix};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use watch::Watcher;
+
+/// Where to start in a file met on the very first start (no checkpoint at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+#[derive(Clone, Debug)]
+pub struct TailConfig {
+    /// A path, or a glob (`*`, `?`, `[...]`) in any component.
+    pub pattern: String,
+    /// Where the checkpoint file lives.
+    pub state_dir: PathBuf,
+    /// The checkpoint file's name in `state_dir`.
+    pub checkpoint_name: String,
+    pub start_at: StartAt,
+    /// Longest line passed on; longer ones are reported as [`TailEvent::TooLong`].
+    pub max_line: usize,
+    /// How often names are re-scanned and files re-checked without an inotify event.
+    pub rescan_every: Duration,
+    /// Rotated files kept open for draining; past this the oldest is given up (a gap).
+    pub max_rotated_open: usize,
+    /// Bytes read per [`Tailer::poll`] at most, so a backlog does not starve the caller.
+    pub read_budget: usize,
+}
+
+impl TailConfig {
+    pub fn new(pattern: &str, state_dir: &Path) -> TailConfig {
+        TailConfig {
+            pattern: pattern.to_owned(),
+            state_dir: state_dir.to_owned(),
+            checkpoint_name: format!(
+                "checkpoints-{:016x}",
+                Fingerprint::of(pattern.as_bytes()).hash
+            ),
+            start_at: StartAt::Beginning,
+            max_line: crate::lines::DEFAULT_MAX_LINE,
+            rescan_every: Duration::from_secs(1),
+            max_rotated_open: 16,
+            read_budget: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A line's place: its file (a serial valid for this run) and the offset just past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub serial: u64,
+    pub end: u64,
+}
+
+/// What the tailer hands to the pipeline.
+#[derive(Debug)]
+pub enum TailEvent<'a> {
+    /// One line without its newline: `buf[..len]`, followed in `buf` by parser padding.
+    Line {
+        buf: &'a mut [u8],
+        len: usize,
+        path: &'a Path,
+        offset: u64,
+        pos: Position,
+    },
+    /// A line longer than `max_line`, skipped (its bytes were not kept).
+    TooLong {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+        pos: Position,
+    },
+    /// Bytes that will never be read.
+    Gap(Gap),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub path: PathBuf,
+    /// Unread bytes lost (a lower bound when `exact` is false).
+    pub bytes: u64,
+    pub exact: bool,
+    pub reason: GapReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The file was deleted (or replaced) before it was read to its end.
+    Deleted,
+    /// The file was truncated in place (copytruncate) past what had been read.
+    Truncated,
+    /// A rotated file was given up: too many rotated files were open.
+    TooManyRotated,
+    /// Reading failed.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match &self.reason {
+            GapReason::Deleted => "deleted before it was read to its end".to_string(),
+            GapReason::Truncated => "truncated in place".to_string(),
+            GapReason::TooManyRotated => "too many rotated files open".to_string(),
+            GapReason::Unreadable(e) => format!("unreadable: {e}"),
+        };
+        let bound = if self.exact { "" } else { "at least " };
+        write!(
+            f,
+            "{}: {why}; {bound}{} bytes lost",
+            self.path.display(),
+            self.bytes
+        )
+    }
+}
+
+/// One followed file.
+struct Tracked {
+    serial: u64,
+    id: FileId,
+    path: PathBuf,
+    reader: LineReader<Source>,
+    /// Its name no longer leads to it: read to the end, then leave.
+    rotated: bool,
+}
+
+impl Tracked {
+    /// Bytes of the file consumed so far (yielded plus a buffered partial line).
+    fn consumed(&self) -> u64 {
+        self.reader.offset() + self.reader.pending()
+    }
+}
+
+/// A file found by a scan.
+struct Candidate {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_micros: i64,
+    gz: bool,
+    /// Its name matches the pattern (a current file, not only a rotated sibling).
+    current: bool,
+    /// Fingerprints computed so far, by prefix length.
+    fps: Vec<(u32, Option<Fingerprint>)>,
+}
+
+impl Candidate {
+    fn fingerprint(&mut self, len: u32) -> Option<Fingerprint> {
+        if let Some((_, fp)) = self.fps.iter().find(|(l, _)| *l == len) {
+            return *fp;
+        }
+        let fp = Source::open_at(&self.path, 0)
+            .and_then(|src| prefix(src, len as usize))
+            .ok()
+            .flatten();
+        self.fps.push((len, fp));
+        fp
+    }
+
+    /// Whether this is the file of `id`: same inode (plain files) or, for `.gz`, same
+    /// decompressed start.
+    fn is(&mut self, id: &FileId) -> bool {
+        if !self.gz && (self.dev, self.ino) != (id.dev, id.ino) {
+            return false;
+        }
+        self.fingerprint(id.fp.len) == Some(id.fp)
+    }
+}
+
+pub struct Tailer {
+    cfg: TailConfig,
+    /// The file-name component of the pattern, and its rotated forms.
+    name: glob::Pattern,
+    rotated_names: [glob::Pattern; 2],
+    /// The directory part of the pattern (may hold globs).
+    dir_pattern: PathBuf,
+    files: Vec<Tracked>,
+    store: Checkpoints,
+    watcher: Option<Watcher>,
+    paused: bool,
+    last_scan: Instant,
+    rescan: bool,
+    gaps: Vec<Gap>,
+    /// When this tailer started (unix µs): a backup modified since then that is not known
+    /// was written while running and missed by the scans (see [`Tailer::scan`]).
+    opened_at: i64,
+    /// Rotated siblings already recognised as known, by (device, inode, mtime): saves
+    /// fingerprinting them again at every scan.
+    known_siblings: Vec<(u64, u64, i64)>,
+}
+
+/// What one [`Tailer::poll`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub lines: u64,
+    pub bytes: u64,
+    /// The read budget ran out with data left: poll again before waiting.
+    pub more: bool,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn mtime_micros(meta: &fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("file pattern {pattern:?}: {e}"),
+    )
+}
+
+impl Tailer {
+    /// Loads the checkpoints and finds where to resume. A missing or damaged checkpoint
+    /// file is not an error: it is returned for the caller to report, and reading starts
+    /// per [`TailConfig::start_at`].
+    pub fn open(cfg: TailConfig) -> io::Result<(Tailer, Option<LoadProblem>)> {
+        let pattern = Path::new(&cfg.pattern);
+        let file_name = pattern
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| bad_pattern(&cfg.pattern, "does not end in a file name"))?;
+        let dir_pattern = match pattern.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let (stem, ext) = match file_name.rfind('.') {
+            Some(dot) if dot > 0 => (&file_name[..dot], &file_name[dot..]),
+            _ => (file_name, ""),
+        };
+        let compile = |p: &str| glob::Pattern::new(p).map_err(|e| bad_pattern(&cfg.pattern, e));
+        let name = compile(file_name)?;
+        let rotated_names = [
+            compile(&format!("{stem}-*{ext}"))?,
+            compile(&format!("{stem}-*{ext}.gz"))?,
+        ];
+        let (store, problem) = Checkpoints::load(&cfg.state_dir, &cfg.checkpoint_name)?;
+        let watcher = match Watcher::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!(
+                    "inotify unavailable ({e}); following {} by periodic scans only",
+                    cfg.pattern
+                );
+                None
+            }
+        };
+        let mut tailer = Tailer {
+            name,
+            rotated_names,
+            dir_pattern,
+            files: Vec::new(),
+            store,
+            watcher,
+            paused: false,
+            last_scan: Instant::now(),
+            rescan: false,
+            gaps: Vec::new(),
+            opened_at: now_micros(),
+            known_siblings: Vec::new(),
+            cfg,
+        };
+        tailer.recover()?;
+        Ok((tailer, problem))
+    }
+
+    /// The directories the pattern can match in.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let text = self.dir_pattern.to_string_lossy();
+        if !text.contains(['*', '?', '[']) {
+            return vec![self.dir_pattern.clone()];
+        }
+        match glob::glob(&text) {
+            Ok(paths) => paths
+                .filter_map(Result::ok)
+                .filter(|p| p.is_dir())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Every file in the pattern's directories that matches it, or is a rotated form of it.
+    fn candidates(&mut self, with_rotated: bool) -> Vec<Candidate> {
+        let mut found = Vec::new();
+        for dir in self.dirs() {
+            if let Some(w) = self.watcher.as_mut()
+                && let Err(e) = w.watch_dir(&dir)
+            {
+                log::debug!("cannot watch {}: {e}", dir.display());
+            }
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let current = self.name.matches(name);
+                let rotated = with_rotated && self.rotated_names.iter().any(|p| p.matches(name));
+                if !current && !rotated {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                let (dev, ino) = dev_ino(&meta);
+                found.push(Candidate {
+                    gz: is_gz(&path),
+                    path,
+                    dev,
+                    ino,
+                    size: meta.len(),
+                    mtime_micros: mtime_micros(&meta),
+                    current,
+                    fps: Vec::new(),
+                });
+            }
+        }
+        found
+    }
+
+    /// Start-up: resume checkpointed files, pick up what was written while down, report
+    /// what was lost. See the module docs for the rules.
+    fn recover(&mut self) -> io::Result<()> {
+        let mut candidates = self.candidates(true);
+        let saved_at = self.store.saved_at;
+        let mut claimed = vec![false; candidates.len()];
+        // (candidate, offset, entry serial) in no particular order yet.
+        let mut resume: Vec<(usize, u64, u64)> = Vec::new();
+        let entries: Vec<Entry> = self.store.entries.clone();
+        for e in &entries {
+            // Prefer the plain file over its compressed copy.
+            let mut order: Vec<usize> = (0..candidates.len()).collect();
+            order.sort_by_key(|&i| candidates[i].gz);
+            let found = order
+                .into_iter()
+                .find(|&i| !claimed[i] && candidates[i].is(&e.id));
+            match found {
+                Some(i) => {
+                    claimed[i] = true;
+                    // Its other copy (plain and .gz both present mid-compression) is the
+                    // same content: claim it too so it is not read as a new file.
+                    let gz = candidates[i].gz;
+                    for (j, c) in candidates.iter_mut().enumerate() {
+                        if !claimed[j]
+                            && c.gz != gz
+                            && !e.id.fp.is_empty()
+                            && c.fingerprint(e.id.fp.len) == Some(e.id.fp)
+                        {
+                            claimed[j] = true;
+                        }
+                    }
+                    if !e.done {
+                        resume.push((i, e.committed, e.serial));
+                    }
+                }
+                None if e.done => self.store.remove(e.serial),
+                None => {
+                    let lost = e.size_seen.saturating_sub(e.committed);
+                    if lost > 0 || !e.final_size {
+                        self.gaps.push(Gap {
+                            path: e.path.clone(),
+                            bytes: lost,
+                            exact: e.final_size,
+                            reason: GapReason::Deleted,
+                        });
+                    }
+                    self.store.remove(e.serial);
+                }
+            }
+        }
+        // Unknown files: current ones are new since the last save (or, on a first start,
+        // start per `start_at`); rotated ones count only if written after the last save.
+        let mut fresh: Vec<(usize, u64)> = Vec::new();
+        for (i, c) in candidates.iter_mut().enumerate() {
+            if claimed[i] {
+                continue;
+            }
+            let offset = match saved_at {
+                None if c.current => match self.cfg.start_at {
+                    StartAt::Beginning => 0,
+                    StartAt::End if !c.gz => c.size,
+                    StartAt::End => continue,
+                },
+                None => continue,
+                Some(saved) if c.current || c.mtime_micros > saved => 0,
+                Some(_) => continue,
+            };
+            claimed[i] = true;
+            fresh.push((i, offset));
+        }
+        // A plain and a .gz copy of one unknown file (mid-compression): keep the plain one.
+        let mut follow: Vec<(usize, u64, Option<u64>)> = resume
+            .into_iter()
+            .map(|(i, off, s)| (i, off, Some(s)))
+            .collect();
+        let full = file::FINGERPRINT_LEN as u32;
+        let mut plain_fps: Vec<Fingerprint> = Vec::new();
+        for &(j, _) in &fresh {
+            if !candidates[j].gz {
+                plain_fps.extend(candidates[j].fingerprint(full));
+            }
+        }
+        for &(i, off) in &fresh {
+            let dup = candidates[i].gz
+                && candidates[i]
+                    .fingerprint(full)
+                    .is_some_and(|fp| plain_fps.contains(&fp));
+            if !dup {
+                follow.push((i, off, None));
+            }
+        }
+        // Oldest first; current files after rotated ones.
+        follow.sort_by_key(|&(i, _, _)| (candidates[i].current, candidates[i].mtime_micros));
+        for (i, offset, serial) in follow {
+            let c = &candidates[i];
+            let result = self.follow(&c.path, c.gz, offset, serial, !c.current, None);
+            if let Err(e) = result {
+                log::warn!("cannot follow {}: {e}", c.path.display());
+                if let Some(s) = serial {
+                    let entry = self.store.get(s).cloned();
+                    if let Some(entry) = entry {
+                        self.gaps.push(Gap {
+                            path: c.path.clone(),
+                            bytes: entry.size_seen.saturating_sub(entry.committed),
+                            exact: entry.final_size,
+                            reason: GapReason::Unreadable(e.to_string()),
+                        });
+                        self.store.remove(s);
+                    }
+                }
+            }
+        }
+        self.last_scan = Instant::now();
+        Ok(())
+    }
+
+    /// Starts following `path` at `offset`, for entry `serial` (a new entry if `None`).
+    /// `expect` is the (device, inode) a scan saw under `path`: if the name leads elsewhere
+    /// by the time it is opened (rotated in between), nothing is followed; the next scan
+    /// sorts it out.
+    fn follow(
+        &mut self,
+        path: &Path,
+        gz: bool,
+        offset: u64,
+        serial: Option<u64>,
+        rotated: bool,
+        expect: Option<(u64, u64)>,
+    ) -> io::Result<Option<u64>> {
+        let f = File::open(path)?;
+        let meta = f.metadata()?;
+        let (dev, ino) = dev_ino(&meta);
+        if expect.is_some_and(|e| e != (dev, ino)) {
+            self.rescan = true;
+            return Ok(None);
+        }
+        let id = match serial.and_then(|s| self.store.get(s)) {
+            // Resumed: keep the identity it was recorded with (a .gz has a new inode, but
+            // this is the same content).
+            Some(e) => e.id,
+            None => FileId {
+                dev,
+                ino,
+                fp: if gz {
+                    prefix(Source::open_at(path, 0)?, file::FINGERPRINT_LEN)?
+                        .unwrap_or(Fingerprint::of(&[]))
+                } else {
+                    fingerprint_file(&f)?
+                },
+            },
+        };
+        let source = Source::from_file(f, gz, offset)?;
+        let serial = match serial {
+            Some(s) => s,
+            None => self.store.add(Entry {
+                serial: 0,
+                id,
+                committed: offset,
+                size_seen: if gz { offset } else { meta.len() },
+                final_size: false,
+                done: false,
+                path: path.to_owned(),
+            }),
+        };
+        let reader = LineReader::with_max_line(source, self.cfg.max_line)
+            .following()
+            .starting_at(offset);
+        let tracked = Tracked {
+            serial,
+            id,
+            path: path.to_owned(),
+            reader,
+            // A compressed backup never grows: read it to its end and leave.
+            rotated: rotated || gz,
+        };
+        if tracked.rotated {
+            // Older than any current file: read before them, to keep write order.
+            let at = self
+                .files
+                .iter()
+                .position(|t| !t.rotated)
+                .unwrap_or(self.files.len());
+            self.files.insert(at, tracked);
+        } else {
+            self.files.push(tracked);
+        }
+        Ok(Some(serial))
+    }
+
+    /// Matches names to followed files. New files under a matching name are followed from
+    /// their start; followed files no longer found under a matching name are rotated.
+    ///
+    /// Rotated-name siblings are checked too: one that is not known (not followed, not in the
+    /// checkpoints) but was modified since this tailer started was created *and* rotated
+    /// between two scans (a stalled reader, a fast rotation). It is followed from its start,
+    /// ahead of the current file, instead of being lost without a trace.
+    fn scan(&mut self) {
+        let mut candidates = self.candidates(true);
+        let mut seen: Vec<u64> = Vec::new();
+        // Current names first: they decide which followed files are rotated.
+        for c in candidates.iter_mut().filter(|c| c.current) {
+            if let Some(t) = self
+                .files
+                .iter_mut()
+                .find(|t| !t.reader_is_gz() && (t.id.dev, t.id.ino) == (c.dev, c.ino))
+            {
+                seen.push(t.serial);
+                if t.path != c.path {
+                    t.path = c.path.clone();
+                }
+                continue;
+            }
+            if self.is_known(c) {
+                continue;
+            }
+            match self.follow(&c.path, c.gz, 0, None, false, Some((c.dev, c.ino))) {
+                Ok(serial) => seen.extend(serial),
+                Err(e) => log::warn!("cannot follow {}: {e}", c.path.display()),
+            }
+        }
+        for t in &mut self.files {
+            if !seen.contains(&t.serial) {
+                t.rotated = true;
+            }
+        }
+        // Rotated siblings: new names of followed files, and missed files, oldest first (each
+        // missed one goes in before the current files, so this keeps write order).
+        candidates.sort_by(|a, b| (a.mtime_micros, &a.path).cmp(&(b.mtime_micros, &b.path)));
+        let mut still_known = Vec::new();
+        for c in candidates.iter_mut().filter(|c| !c.current) {
+            let key = (c.dev, c.ino, c.mtime_micros);
+            if let Some(t) = self.files.iter_mut().find(|t| t.rotated && c.is(&t.id)) {
+                t.path = c.path.clone();
+                still_known.push(key);
+                continue;
+            }
+            if c.mtime_micros < self.opened_at || self.known_siblings.contains(&key) {
+                still_known.push(key);
+                continue;
+            }
+            if self.is_known(c) {
+                still_known.push(key);
+                continue;
+            }
+            log::warn!(
+                "{} was created and rotated between two scans; reading it from its start",
+                c.path.display()
+            );
+            let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
+            if let Err(e) = self.follow(&c.path, c.gz, 0, None, true, expect) {
+                log::warn!("cannot follow {}: {e}", c.path.display());
+            }
+        }
+        self.known_siblings = still_known;
+        self.last_scan = Instant::now();
+        self.rescan = false;
+    }
+
+    /// Whether a candidate's content is already followed or recorded (done or not): its
+    /// inode (plain) or its fingerprint (a compressed copy, a hard link).
+    fn is_known(&self, c: &mut Candidate) -> bool {
+        self.files.iter().any(|t| {
+            c.is(&t.id) || (!t.id.fp.is_empty() && c.fingerprint(t.id.fp.len) == Some(t.id.fp))
+        }) || self.store.entries.iter().any(|e| {
+            c.is(&e.id) || (!e.id.fp.is_empty() && c.fingerprint(e.id.fp.len) == Some(e.id.fp))
+        })
+    }
+
+    /// Reads what is new and hands it to `on`, oldest file first. While paused it reads
+    /// nothing but still scans names and opens new files: a file created during the pause
+    /// must be held open before rotation and pruning take it away.
+    pub fn poll(&mut self, mut on: impl FnMut(TailEvent<'_>)) -> Polled {
+        for gap in self.gaps.drain(..) {
+            on(TailEvent::Gap(gap));
+        }
+        let mut polled = Polled::default();
+        // Events that arrived since the last wait (one non-blocking read).
+        if let Some(w) = self.watcher.as_mut() {
+            match w.drain() {
+                Ok(wake) => self.rescan |= wake.names_changed,
+                Err(e) => log::debug!("inotify read: {e}"),
+            }
+        }
+        if self.rescan || self.last_scan.elapsed() >= self.cfg.rescan_every {
+            self.scan();
+        }
+        if self.paused {
+            self.limit_rotated(&mut on);
+            return polled;
+        }
+        let mut k = 0;
+        while k < self.files.len() {
+            let outcome = read_file(
+                &mut self.files[k],
+                &mut on,
+                &mut polled,
+                self.cfg.read_budget,
+            );
+            let t = &mut self.files[k];
+            match outcome {
+                Ok(at_end) => {
+                    let size = match t.reader_plain_len() {
+                        Some(size) => size,
+                        None => t.consumed(),
+                    };
+                    if !t.rotated && size < t.consumed() {
+                        // Truncated in place: what it held past what we read is gone.
+                        let lost = t.consumed().saturating_sub(t.reader.offset());
+                        on(TailEvent::Gap(Gap {
+                            path: t.path.clone(),
+                            bytes: lost,
+                            exact: false,
+                            reason: GapReason::Truncated,
+                        }));
+                        let (path, serial) = (t.path.clone(), t.serial);
+                        let id = t.id;
+                        self.store
+                            .observe(serial, t.reader.offset(), true, id, &path);
+                        self.files.remove(k);
+                        if let Err(e) = self.follow(&path, false, 0, None, false, None) {
+                            log::warn!("cannot follow {}: {e}", path.display());
+                        }
+                        continue;
+                    }
+                    self.refresh_fingerprint(k);
+                    let t = &mut self.files[k];
+                    let (serial, id, path) = (t.serial, t.id, t.path.clone());
+                    if t.rotated && at_end {
+                        // Left for good: a last line without newline is still a line.
+                        deliver_partial(t, &mut on, &mut polled);
+                        let end = t.reader.offset();
+                        self.store.observe(serial, end, true, id, &path);
+                        self.files.remove(k);
+                        continue;
+                    }
+                    self.store.observe(serial, size, false, id, &path);
+                    if !at_end {
+                        polled.more = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let lost = t
+                        .reader_plain_len()
+                        .unwrap_or(0)
+                        .saturating_sub(t.consumed());
+                    on(TailEvent::Gap(Gap {
+                        path: t.path.clone(),
+                        bytes: lost,
+                        exact: false,
+                        reason: GapReason::Unreadable(e.to_string()),
+                    }));
+                    let (serial, id, path, end) =
+                        (t.serial, t.id, t.path.clone(), t.reader.offset());
+                    self.store.observe(serial, end, true, id, &path);
+                    self.files.remove(k);
+                    continue;
+                }
+            }
+            k += 1;
+        }
+        self.limit_rotated(&mut on);
+        polled
+    }
+
+    /// Gives up the oldest rotated files beyond `max_rotated_open`.
+    fn limit_rotated(&mut self, on: &mut impl FnMut(TailEvent<'_>)) {
+        while self.files.iter().filter(|t| t.rotated).count() > self.cfg.max_rotated_open {
+            let Some(k) = self.files.iter().position(|t| t.rotated) else {
+                break;
+            };
+            let t = self.files.remove(k);
+            let size = t.reader_plain_len().unwrap_or(t.consumed());
+            on(TailEvent::Gap(Gap {
+                path: t.path.clone(),
+                bytes: size.saturating_sub(t.reader.offset()),
+                exact: t.reader_plain_len().is_some(),
+                reason: GapReason::TooManyRotated,
+            }));
+            self.store
+                .observe(t.serial, t.reader.offset(), true, t.id, &t.path);
+        }
+    }
+
+    /// A fingerprint taken while the file was short is retaken once it is long enough, so
+    /// that after a restart the file is recognised by a full-length prefix.
+    fn refresh_fingerprint(&mut self, k: usize) {
+        let t = &mut self.files[k];
+        if t.id.fp.len as usize >= file::FINGERPRINT_LEN {
+            return;
+        }
+        if let Some(f) = t.reader.get_ref().plain()
+            && let Ok(fp) = fingerprint_file(f)
+            && fp.len > t.id.fp.len
+        {
+            t.id.fp = fp;
+        }
+    }
+
+    /// Waits for the watcher (or the rescan interval) to say there is something to read.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let until_scan = self
+            .cfg
+            .rescan_every
+            .saturating_sub(self.last_scan.elapsed());
+        let timeout = timeout.min(until_scan);
+        match self.watcher.as_mut() {
+            Some(w) => {
+                let wake = w.wait(timeout)?;
+                self.rescan |= wake.names_changed;
+            }
+            None => std::thread::sleep(timeout),
+        }
+        Ok(())
+    }
+
+    /// The inotify descriptor, for an event loop (`None` without inotify). After it turns
+    /// readable, call [`Tailer::wait`] with a zero timeout to take the events.
+    pub fn watch_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.watcher.as_ref().map(|w| w.as_raw_fd())
+    }
+
+    /// Stops reading (backpressure). Keep calling [`Tailer::poll`] while paused: it opens
+    /// new files so that nothing rotates away meanwhile (up to `max_rotated_open`).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Everything before `pos` is durable downstream.
+    pub fn commit(&mut self, pos: Position) {
+        self.store.commit(pos.serial, pos.end);
+    }
+
+    /// Makes the commits durable.
+    pub fn save(&mut self) -> io::Result<()> {
+        self.store.save(now_micros())
+    }
+
+    /// Number of files currently open.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+}
+
+impl Tracked {
+    fn reader_is_gz(&self) -> bool {
+        self.reader.get_ref().plain().is_none()
+    }
+
+    /// Current size of a plain file (by its descriptor), `None` for `.gz`.
+    fn reader_plain_len(&self) -> Option<u64> {
+        self.reader
+            .get_ref()
+            .plain()?
+            .metadata()
+            .ok()
+            .map(|m| m.len())
+    }
+}
+
+/// Reads lines from one file until its end or the budget. `Ok(true)` at the end.
+fn read_file(
+    t: &mut Tracked,
+    on: &mut impl FnMut(TailEvent<'_>),
+    polled: &mut Polled,
+    budget: usize,
+) -> io::Result<bool> {
+    loop {
+        if polled.bytes >= budget as u64 {
+            return Ok(false);
+        }
+        let serial = t.serial;
+        match t.reader.next_item()? {
+            None => return Ok(true),
+            Some(Item::Line(line)) => {
+                polled.lines += 1;
+                polled.bytes += line.end - line.offset;
+                on(TailEvent::Line {
+                    pos: Position {
+                        serial,
+                        end: line.end,
+                    },
+                    offset: line.offset,
+                    len: line.len,
+                    buf: line.buf,
+                    path: &t.path,
+                });
+            }
+            Some(Item::TooLong { offset, len, .. }) => {
+                polled.lines += 1;
+                polled.bytes += len + 1;
+                on(TailEvent::TooLong {
+                    path: &t.path,
+                    offset,
+                    len,
+                    pos: Position {
+                        serial,
+                        end: offset + len + 1,
+                    },
+                });
+            }
+        }
+    }
+}
+
+fn deliver_partial(t: &mut Tracked, on: &mut impl FnMut(TailEvent<'_>), polled: &mut Polled) {
+    let serial = t.serial;
+    match t.reader.take_partial() {
+        Some(Item::Line(line)) => {
+            polled.lines += 1;
+            polled.bytes += line.end - line.offset;
+            on(TailEvent::Line {
+                pos: Position {
+                    serial,
+                    end: line.end,
+                },
+                offset: line.offset,
+                len: line.len,
+                buf: line.buf,
+                path: &t.path,
+            });
+        }
+        Some(Item::TooLong { offset, len, .. }) => {
+            polled.lines += 1;
+            on(TailEvent::TooLong {
+                path: &t.path,
+                offset,
+                len,
+                pos: Position {
+                    serial,
+                    end: offset + len,
+                },
+            });
+        }
+        None => {}
+    }
+}

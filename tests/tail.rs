@@ -1,0 +1,632 @@
+//! The tailer against a writer that rotates like kube-apiserver: rotation storms with and
+//! without compression, restarts during them, downtime across rotation and pruning, and the
+//! odd files (truncation, replacement, inode reuse, CRLF, NUL, invalid UTF-8, huge lines,
+//! empty files).
+
+mod support;
+
+use kube_audit_shipper::tail::{Gap, GapReason, StartAt, TailConfig, TailEvent, Tailer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::apiserver::{AuditWriter, line, seq_of};
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kas-tail-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(log_dir: &Path, state: &Path) -> TailConfig {
+    let mut cfg = TailConfig::new(log_dir.join("audit.log").to_str().unwrap(), state);
+    cfg.rescan_every = Duration::from_millis(200);
+    cfg
+}
+
+/// What a consumer saw. Every line is "durable downstream" as soon as it is recorded, so
+/// it is committed at once; `save` decides when commits reach disk.
+#[derive(Default)]
+struct Seen {
+    seqs: Vec<u64>,
+    lines: Vec<Vec<u8>>,
+    gaps: Vec<Gap>,
+    too_long: Vec<(u64, u64)>,
+}
+
+impl Seen {
+    /// One poll; returns whether more is immediately available.
+    fn poll(&mut self, t: &mut Tailer, keep_lines: bool) -> bool {
+        let mut positions = Vec::new();
+        let polled = t.poll(|ev| match ev {
+            TailEvent::Line { buf, len, pos, .. } => {
+                if keep_lines {
+                    self.lines.push(buf[..len].to_vec());
+                } else {
+                    self.seqs.push(seq_of(&buf[..len]));
+                }
+                positions.push(pos);
+            }
+            TailEvent::TooLong {
+                offset, len, pos, ..
+            } => {
+                self.too_long.push((offset, len));
+                positions.push(pos);
+            }
+            TailEvent::Gap(g) => self.gaps.push(g),
+        });
+        for p in positions {
+            t.commit(p);
+        }
+        polled.more
+    }
+
+    /// Polls (waiting on the watcher in between) until `done` or the deadline.
+    fn until(&mut self, t: &mut Tailer, deadline: Duration, mut done: impl FnMut(&Seen) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < deadline,
+                "timed out: {} lines, gaps {:?}",
+                self.seqs.len(),
+                self.gaps
+            );
+            if !self.poll(t, false) {
+                t.save().unwrap();
+                t.wait(Duration::from_millis(50)).unwrap();
+            }
+        }
+        t.save().unwrap();
+    }
+}
+
+/// Writes `total` lines at about `per_sec`, in a thread.
+fn storm(
+    writer: AuditWriter,
+    total: u64,
+    per_sec: u64,
+    size: usize,
+) -> std::thread::JoinHandle<AuditWriter> {
+    std::thread::spawn(move || {
+        let mut w = writer;
+        let start = Instant::now();
+        for seq in 0..total {
+            w.write_line(&line(seq, size));
+            // Pace in bursts of 20 lines.
+            if seq % 20 == 19 {
+                let due = Duration::from_secs_f64((seq + 1) as f64 / per_sec as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        w
+    })
+}
+
+fn assert_exactly_once_in_order(seqs: &[u64], total: u64) {
+    assert_eq!(seqs.len() as u64, total, "lines delivered");
+    for (i, &s) in seqs.iter().enumerate() {
+        assert_eq!(s, i as u64, "line {i} out of order or missing");
+    }
+}
+
+fn rotation_storm(compress: bool) {
+    let tag = if compress { "storm-gz" } else { "storm" };
+    let logs = tmpdir(&format!("{tag}-logs"));
+    let state = tmpdir(&format!("{tag}-state"));
+    // 2,500 lines/s of ~200 B for 4 s; a rotation every ~100 ms (50 KB files), 5 backups.
+    let (total, rate, size) = (10_000, 2_500, 200);
+    let writer = AuditWriter::new(&logs, 50_000, 5, compress);
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let started = Instant::now();
+    let handle = storm(writer, total, rate, size);
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(60), |s| {
+        s.seqs.len() as u64 >= total
+    });
+    let w = handle.join().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{tag}: {total} lines in {secs:.1} s ({:.0} lines/s), {} rotations, gaps {:?}, open files at end {}",
+        total as f64 / secs,
+        w.rotations,
+        seen.gaps,
+        t.open_files()
+    );
+    assert!(w.rotations >= 35, "{} rotations", w.rotations);
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_exactly_once_in_order(&seen.seqs, total);
+    assert_eq!(t.open_files(), 1, "rotated files are left once drained");
+}
+
+#[test]
+fn rotation_storm_every_line_once_in_order() {
+    rotation_storm(false);
+}
+
+#[test]
+fn rotation_storm_with_compression_every_line_once_in_order() {
+    rotation_storm(true);
+}
+
+#[test]
+fn restarts_during_a_storm_lose_nothing_and_repeat_only_the_uncommitted() {
+    let logs = tmpdir("restart-logs");
+    let state = tmpdir("restart-state");
+    let (total, rate, size) = (8_000, 2_000, 200);
+    let writer = AuditWriter::new(&logs, 40_000, 6, true);
+    let handle = storm(writer, total, rate, size);
+    let finished = Arc::new(AtomicBool::new(false));
+    let mut delivered: Vec<u64> = Vec::new();
+    let mut restarts = 0;
+    let mut crashes = 0;
+    let mut duplicates = 0;
+    // Highest seq whose commit reached disk.
+    let mut saved_upto: Option<u64> = None;
+    let start = Instant::now();
+    let mut rng = support::corpus::Rng::new(17);
+    while delivered.iter().max().is_none_or(|&m| m + 1 < total) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "timed out at {:?}",
+            delivered.last()
+        );
+        let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+        let mut first = true;
+        let mut last_seq = None;
+        let run_for = Duration::from_millis(50 + rng.below(200));
+        let began = Instant::now();
+        while began.elapsed() < run_for {
+            let mut seen = Seen::default();
+            let more = seen.poll(&mut t, false);
+            for s in &seen.seqs {
+                if first {
+                    // Every restart resumes exactly after what was saved.
+                    assert_eq!(
+                        Some(*s),
+                        Some(saved_upto.map_or(0, |u| u + 1)),
+                        "resume point after restart {restarts}; gaps {:?}; this poll {:?}; files {:?}",
+                        seen.gaps,
+                        &seen.seqs[..seen.seqs.len().min(5)],
+                        std::fs::read_dir(&logs)
+                            .unwrap()
+                            .flatten()
+                            .map(|e| e.file_name())
+                            .collect::<Vec<_>>()
+                    );
+                    first = false;
+                }
+                if delivered.contains(s) {
+                    duplicates += 1;
+                }
+                delivered.push(*s);
+                last_seq = Some(*s);
+            }
+            assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+            // Save most of the time; sometimes "crash" with commits unsaved.
+            if rng.chance(70) {
+                t.save().unwrap();
+                if last_seq.is_some() {
+                    saved_upto = last_seq;
+                }
+            }
+            if !more {
+                t.wait(Duration::from_millis(20)).unwrap();
+            }
+        }
+        if rng.chance(50) {
+            t.save().unwrap();
+            if last_seq.is_some() {
+                saved_upto = last_seq;
+            }
+        } else {
+            crashes += 1;
+        }
+        drop(t);
+        restarts += 1;
+        std::thread::sleep(Duration::from_millis(rng.below(60)));
+    }
+    finished.store(true, Ordering::SeqCst);
+    let w = handle.join().unwrap();
+    let mut unique = delivered.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    eprintln!(
+        "restarts: {restarts} ({crashes} without a final save), {} rotations, {} lines delivered, {duplicates} duplicates",
+        w.rotations,
+        delivered.len()
+    );
+    assert_eq!(
+        unique,
+        (0..total).collect::<Vec<_>>(),
+        "every line delivered"
+    );
+    assert_eq!(delivered.len() - unique.len(), duplicates);
+    assert!(restarts >= 10 && w.rotations >= 30);
+}
+
+/// Reads until `upto` (inclusive) is delivered, commits exactly up to it, saves.
+fn read_and_commit_upto(t: &mut Tailer, upto: u64) {
+    let mut done = false;
+    let start = Instant::now();
+    while !done {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        let mut positions = Vec::new();
+        t.poll(|ev| {
+            if let TailEvent::Line { buf, len, pos, .. } = ev {
+                let s = seq_of(&buf[..len]);
+                if s <= upto {
+                    positions.push(pos);
+                }
+                done |= s >= upto;
+            }
+        });
+        for p in positions {
+            t.commit(p);
+        }
+        if !done {
+            t.wait(Duration::from_millis(20)).unwrap();
+        }
+    }
+    t.save().unwrap();
+}
+
+#[test]
+fn down_while_rotating_and_compressing_resumes_inside_the_gz() {
+    let logs = tmpdir("gz-logs");
+    let state = tmpdir("gz-state");
+    let mut w = AuditWriter::new(&logs, 20_000, 50, true);
+    for seq in 0..60 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    read_and_commit_upto(&mut t, 29);
+    drop(t);
+    // While down: the file is rotated and compressed, several more follow.
+    for seq in 60..500 {
+        w.write_line(&line(seq, 200));
+    }
+    assert!(w.rotations >= 4);
+    assert!(
+        !logs.join(w.backups[0].0.file_name().unwrap()).exists(),
+        "uncompressed backup gone"
+    );
+    let (mut t, problem) = Tailer::open(config(&logs, &state)).unwrap();
+    assert!(problem.is_none());
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(20), |s| {
+        s.seqs.last() == Some(&499)
+    });
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_eq!(seen.seqs, (30..500).collect::<Vec<_>>());
+}
+
+#[test]
+fn down_while_backups_are_pruned_reports_exactly_the_bytes_destroyed() {
+    let logs = tmpdir("prune-logs");
+    let state = tmpdir("prune-state");
+    let mut w = AuditWriter::new(&logs, 20_000, 2, true);
+    // File A: lines of 201 B with newline; commit only the first 40 of them.
+    for seq in 0..90 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    read_and_commit_upto(&mut t, 39);
+    // A rotates while the shipper runs (its final size becomes known), B starts.
+    for seq in 90..100 {
+        w.write_line(&line(seq, 200));
+    }
+    assert_eq!(w.rotations, 1);
+    let a_size = w.backups[0].1;
+    let a_lines = a_size / 201;
+    let mut seen = Seen::default();
+    let start = Instant::now();
+    while seen.seqs.last() != Some(&99) {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // Read everything but commit nothing past seq 39 (the pipeline is slow).
+        t.poll(|ev| {
+            if let TailEvent::Line { buf, len, .. } = ev {
+                seen.seqs.push(seq_of(&buf[..len]));
+            }
+        });
+        t.wait(Duration::from_millis(20)).unwrap();
+    }
+    t.save().unwrap();
+    drop(t);
+    // While down: B and C rotate, which prunes A (2 backups kept), D starts.
+    let mut seq = 100;
+    while w.rotations < 3 || w.size() < 2_000 {
+        w.write_line(&line(seq, 200));
+        seq += 1;
+    }
+    let last = seq - 1;
+    assert!(
+        !logs
+            .join(format!(
+                "{}.gz",
+                w.backups[0].0.file_name().unwrap().to_string_lossy()
+            ))
+            .exists()
+    );
+    assert!(
+        logs.join(format!(
+            "{}.gz",
+            w.backups[1].0.file_name().unwrap().to_string_lossy()
+        ))
+        .exists()
+    );
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(20), |s| {
+        s.seqs.last() == Some(&last)
+    });
+    // A's lines past the commit (40 and on) are what pruning destroyed.
+    assert_eq!(a_size % 201, 0);
+    assert_eq!(
+        seen.gaps,
+        vec![Gap {
+            // Compressed right after rotation: its last name was the .gz.
+            path: PathBuf::from(format!("{}.gz", w.backups[0].0.display())),
+            bytes: (a_lines - 40) * 201,
+            exact: true,
+            reason: GapReason::Deleted
+        }]
+    );
+    // Everything after A arrives, once, in order: B from its start inside its .gz (it was
+    // read but never committed), then C and D, written while down.
+    assert_eq!(seen.seqs, (a_lines..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn down_while_the_active_file_is_rotated_and_pruned_reports_a_lower_bound() {
+    let logs = tmpdir("prune2-logs");
+    let state = tmpdir("prune2-state");
+    let mut w = AuditWriter::new(&logs, 20_000, 2, false);
+    for seq in 0..50 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    read_and_commit_upto(&mut t, 49);
+    drop(t);
+    // A grows while we are down, then rotates away and is pruned; B and C are backups.
+    for seq in 50..500 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(20), |s| {
+        s.seqs.last() == Some(&499)
+    });
+    assert_eq!(seen.gaps.len(), 1, "{:?}", seen.gaps);
+    let gap = &seen.gaps[0];
+    assert_eq!((gap.exact, &gap.reason), (false, &GapReason::Deleted));
+    // The real loss: A's lines after 49. The report is a lower bound of it.
+    let a_lines = w.backups[0].1 / 201;
+    assert!(gap.bytes <= (a_lines - 50) * 201);
+    // What survives arrives: the two backups and the current file.
+    let first_kept = seen.seqs[0];
+    assert_eq!(seen.seqs, (first_kept..500).collect::<Vec<_>>());
+    assert!(first_kept >= a_lines);
+}
+
+#[test]
+fn paused_reader_keeps_rotated_files_and_catches_up() {
+    let logs = tmpdir("pause-logs");
+    let state = tmpdir("pause-state");
+    let mut w = AuditWriter::new(&logs, 10_000, 1, true);
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    for seq in 0..20 {
+        w.write_line(&line(seq, 200));
+    }
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 20);
+    t.set_paused(true);
+    // While paused: rotations, compression, pruning of the very file being read.
+    for seq in 20..400 {
+        w.write_line(&line(seq, 200));
+        if seq % 40 == 0 {
+            seen.poll(&mut t, false);
+        }
+    }
+    assert_eq!(seen.seqs.len(), 20, "nothing read while paused");
+    t.set_paused(false);
+    seen.until(&mut t, Duration::from_secs(10), |s| s.seqs.len() >= 400);
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_exactly_once_in_order(&seen.seqs, 400);
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn odd_content_is_delivered_as_lines() {
+    let logs = tmpdir("odd-logs");
+    let state = tmpdir("odd-state");
+    let log = logs.join("audit.log");
+    std::fs::write(&log, b"").unwrap(); // an empty file
+    let mut cfg = config(&logs, &state);
+    cfg.max_line = 8 * 1024 * 1024;
+    let (mut t, _) = Tailer::open(cfg).unwrap();
+    let mut seen = Seen::default();
+    seen.poll(&mut t, true);
+    assert!(seen.lines.is_empty() && seen.gaps.is_empty());
+
+    let huge = vec![b'a'; 20 * 1024 * 1024];
+    append(&log, b"crlf\r\nnul\0byte\ninvalid \xff\xfe utf8\n");
+    append(&log, &huge);
+    append(&log, b"\nafter huge\npartial");
+    let start = Instant::now();
+    while seen.lines.len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        seen.poll(&mut t, true);
+    }
+    assert_eq!(
+        seen.lines,
+        vec![
+            b"crlf".to_vec(),
+            b"nul\0byte".to_vec(),
+            b"invalid \xff\xfe utf8".to_vec(),
+            b"after huge".to_vec()
+        ]
+    );
+    // "crlf\r\n" + "nul\0byte\n" + "invalid \xff\xfe utf8\n" = 6 + 9 + 16 bytes before it.
+    assert_eq!(seen.too_long, vec![(31, 20 * 1024 * 1024)]);
+    // The partial line waits for its newline.
+    for _ in 0..3 {
+        seen.poll(&mut t, true);
+    }
+    assert_eq!(seen.lines.len(), 4);
+    append(&log, b" line\n");
+    while seen.lines.len() < 5 {
+        seen.poll(&mut t, true);
+    }
+    assert_eq!(seen.lines[4], b"partial line");
+}
+
+#[test]
+fn truncation_and_replacement_start_over_without_confusion() {
+    let logs = tmpdir("trunc-logs");
+    let state = tmpdir("trunc-state");
+    let log = logs.join("audit.log");
+    for seq in 0..10 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 10);
+
+    // copytruncate: same inode, emptied, written again.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for seq in 100..103 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 13);
+    assert_eq!(&seen.seqs[10..], [100, 101, 102]);
+    assert_eq!(seen.gaps.len(), 1);
+    assert_eq!(seen.gaps[0].reason, GapReason::Truncated);
+
+    // Delete and recreate: the old file's last lines still arrive, then the new file's.
+    append(&log, format!("{}\n", line(103, 100)).as_bytes());
+    std::fs::remove_file(&log).unwrap();
+    for seq in 200..203 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 17);
+    assert_eq!(&seen.seqs[13..], [103, 200, 201, 202]);
+}
+
+#[test]
+fn a_reused_inode_with_other_content_is_a_new_file() {
+    let logs = tmpdir("reuse-logs");
+    let state = tmpdir("reuse-state");
+    let log = logs.join("audit.log");
+    for seq in 0..20 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 20);
+    drop(t);
+    // While down, the same inode is rewritten with different, longer content (what a
+    // recycled inode looks like): resuming at the old offset would skip its start.
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    for seq in 1000..1040 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 40);
+    assert_eq!(seen.seqs, (1000..1040).collect::<Vec<_>>());
+    assert_eq!(
+        seen.gaps.len(),
+        1,
+        "the old file's disappearance is reported"
+    );
+}
+
+#[test]
+fn start_at_end_and_a_damaged_checkpoint() {
+    let logs = tmpdir("end-logs");
+    let state = tmpdir("end-state");
+    let log = logs.join("audit.log");
+    for seq in 0..5 {
+        append(&log, format!("{}\n", line(seq, 100)).as_bytes());
+    }
+    let mut cfg = config(&logs, &state);
+    cfg.start_at = StartAt::End;
+    let (mut t, problem) = Tailer::open(cfg.clone()).unwrap();
+    assert!(matches!(
+        problem,
+        Some(kube_audit_shipper::tail::checkpoint::LoadProblem::Missing)
+    ));
+    append(&log, format!("{}\n", line(5, 100)).as_bytes());
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| !s.seqs.is_empty());
+    assert_eq!(seen.seqs, [5]);
+    drop(t);
+
+    // A damaged checkpoint is reported and set aside; the start is per start_at again.
+    std::fs::write(
+        state.join(&cfg.checkpoint_name),
+        b"kube-audit-shipper checkpoints 1\ngarbage",
+    )
+    .unwrap();
+    let (mut t, problem) = Tailer::open(cfg.clone()).unwrap();
+    assert!(matches!(
+        problem,
+        Some(kube_audit_shipper::tail::checkpoint::LoadProblem::Corrupt { .. })
+    ));
+    append(&log, format!("{}\n", line(6, 100)).as_bytes());
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| !s.seqs.is_empty());
+    assert_eq!(seen.seqs, [6]);
+}
+
+#[test]
+fn a_stalled_reader_finds_files_created_and_rotated_between_its_scans() {
+    for compress in [false, true] {
+        let logs = tmpdir(&format!("stall-{compress}-logs"));
+        let state = tmpdir(&format!("stall-{compress}-state"));
+        let mut w = AuditWriter::new(&logs, 10_000, 10, compress);
+        let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+        let mut seen = Seen::default();
+        for seq in 0..10 {
+            w.write_line(&line(seq, 200));
+        }
+        seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 10);
+        // The reader stalls (no poll at all) while three whole files come and go.
+        for seq in 10..200 {
+            w.write_line(&line(seq, 200));
+        }
+        assert!(w.rotations >= 3);
+        seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() >= 200);
+        assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+        let mut runs = vec![(seen.seqs[0], seen.seqs[0])];
+        for &s in &seen.seqs[1..] {
+            let last = runs.last_mut().unwrap();
+            if s == last.1 + 1 {
+                last.1 = s
+            } else {
+                runs.push((s, s))
+            }
+        }
+        eprintln!("compress {compress}: runs {runs:?}");
+        assert_exactly_once_in_order(&seen.seqs, 200);
+    }
+}
