@@ -630,3 +630,28 @@ fn a_stalled_reader_finds_files_created_and_rotated_between_its_scans() {
         assert_exactly_once_in_order(&seen.seqs, 200);
     }
 }
+
+#[test]
+fn a_restarted_api_server_appending_to_the_same_file_is_followed_on() {
+    let logs = tmpdir("append-logs");
+    let state = tmpdir("append-state");
+    let mut w = AuditWriter::new(&logs, 1_000_000, 3, false);
+    for seq in 0..30 {
+        w.write_line(&line(seq, 150));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 30);
+    drop(w);
+    // The API server restarts (and so does the shipper): it reopens audit.log and appends.
+    drop(t);
+    let mut w = AuditWriter::new(&logs, 1_000_000, 3, false);
+    w.restart();
+    for seq in 30..60 {
+        w.write_line(&line(seq, 150));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 60);
+    assert!(seen.gaps.is_empty());
+    assert_exactly_once_in_order(&seen.seqs, 60);
+}
