@@ -9,13 +9,17 @@
 //! - [`tail`]: follows the audit log across rotation, compression and restarts; checkpoints.
 //! - [`lines`]: splits a byte stream into lines in bounded memory, padded for in-place parsing.
 //! - [`extract`]: parses a line with simd-json and writes the `audit`, `ecs` or `raw` form.
+//! - [`batch`]: events → gzip batches within the intake's limits, one event time each.
+//! - [`spool`]: the durable, byte-capped queue of batches; critical before bulk.
 //! - [`timestamp`]: the API server's RFC 3339 times, for batching by event time.
 //! - [`durable`]: write-tmp, fsync, rename, fsync-dir: how state reaches disk.
 //! - [`cmd`]: the subcommands.
 
+pub mod batch;
 pub mod cmd;
 pub mod durable;
 pub mod extract;
 pub mod lines;
+pub mod spool;
 pub mod tail;
 pub mod timestamp;

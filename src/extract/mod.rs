@@ -312,6 +312,81 @@ impl<'a> Event<'a> {
         self.text(self.fields.request_received)
     }
 
+    /// The number at a located field, if it is an integer.
+    pub fn int(&self, field: Option<u32>) -> Option<i64> {
+        match self.tape.0.get(field? as usize)? {
+            Node::Static(simd_json::StaticNode::I64(n)) => Some(*n),
+            Node::Static(simd_json::StaticNode::U64(n)) => i64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether a located field is the JSON `true`.
+    pub fn is_true(&self, field: Option<u32>) -> bool {
+        matches!(
+            field.and_then(|i| self.tape.0.get(i as usize)),
+            Some(Node::Static(simd_json::StaticNode::Bool(true)))
+        )
+    }
+
+    /// Whether the array at a located field holds the string `s`.
+    pub fn array_has(&self, field: Option<u32>, s: &str) -> bool {
+        let nodes = &self.tape.0;
+        let Some(i) = field.map(|i| i as usize) else {
+            return false;
+        };
+        let Some(Node::Array { len, .. }) = nodes.get(i) else {
+            return false;
+        };
+        let mut j = i + 1;
+        for _ in 0..*len {
+            if nodes[j] == Node::String(s) {
+                return true;
+            }
+            j += json::span(nodes, j);
+        }
+        false
+    }
+
+    /// Whether any element of the array at a located field is an object where `test`
+    /// holds for some member (key, value index).
+    fn any_element(&self, field: Option<u32>, mut test: impl FnMut(&str, usize) -> bool) -> bool {
+        let nodes = &self.tape.0;
+        let Some(i) = field.map(|i| i as usize) else {
+            return false;
+        };
+        let Some(Node::Array { len, .. }) = nodes.get(i) else {
+            return false;
+        };
+        let mut j = i + 1;
+        let mut hit = false;
+        for _ in 0..*len {
+            fields::members(nodes, j, |k, v| hit |= test(k, v));
+            j += json::span(nodes, j);
+        }
+        hit
+    }
+
+    /// A container of the requested pod runs privileged (`securityContext.privileged`).
+    pub fn has_privileged_container(&self) -> bool {
+        let nodes = &self.tape.0;
+        self.any_element(self.fields.spec_containers, |k, v| {
+            let mut privileged = false;
+            if k == "securityContext" {
+                fields::members(nodes, v, |k, w| {
+                    privileged |= k == "privileged"
+                        && matches!(nodes[w], Node::Static(simd_json::StaticNode::Bool(true)));
+                });
+            }
+            privileged
+        })
+    }
+
+    /// A volume of the requested pod mounts a host path.
+    pub fn has_host_path_volume(&self) -> bool {
+        self.any_element(self.fields.spec_volumes, |k, _| k == "hostPath")
+    }
+
     /// Length in bytes of the line this event was parsed from.
     pub fn raw_len(&self) -> usize {
         self.raw_len

@@ -1,0 +1,368 @@
+//! Spool: the durable queue of sealed batches between the reader and the sender
+//! (DESIGN.md §2, §6).
+//!
+//! Invariants owned here:
+//! - A segment is in the spool only once it is complete on disk: written to `tmp/`, fsynced,
+//!   renamed into the spool directory, directory fsynced ([`Spool::store`]). Only then may the
+//!   caller commit the read positions of its lines.
+//! - A segment leaves the spool only by [`Spool::ack`] (the intake answered 2xx), by
+//!   [`Spool::split`] (its halves are durable before it is removed), by eviction under the
+//!   byte cap (bulk only, counted, reported), or by quarantine (corrupt, counted, reported).
+//! - Memory does not grow with the backlog: the queue holds one small record per segment;
+//!   the bytes stay on disk, capped by `cap_bytes`. When the cap is reached the oldest bulk
+//!   segments are evicted; when only critical data remains, [`Spool::store`] refuses
+//!   ([`Stored::Full`]) and the reader must pause: the audit log itself is then the buffer.
+//! - Order: critical before bulk, oldest first within each class. A split's halves take the
+//!   place of the original.
+//!
+//! A segment is the exact gzip body POSTed to the intake. Its metadata lives in its name:
+//! `<order>-<class c|b>-<earliest event time, unix µs, or "none">-<events>.gz`, where order
+//! is a 20-digit sequence number followed by `a`/`b` per split level. Files are 0600.
+
+pub mod class;
+
+pub use class::{Class, classify};
+
+use crate::batch::Sealed;
+use crate::durable;
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use std::collections::VecDeque;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// One spooled batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Sorts segments of a class in send order.
+    pub order: String,
+    pub class: Class,
+    pub earliest: Option<i64>,
+    pub events: u32,
+    pub bytes: u64,
+}
+
+impl Segment {
+    pub fn file_name(&self) -> String {
+        let ts = self
+            .earliest
+            .map_or_else(|| "none".to_string(), |t| t.to_string());
+        format!(
+            "{}-{}-{ts}-{}.gz",
+            self.order,
+            self.class.letter(),
+            self.events
+        )
+    }
+
+    fn parse(name: &str, bytes: u64) -> Option<Segment> {
+        let stem = name.strip_suffix(".gz")?;
+        let mut parts = stem.split('-');
+        let order = parts.next()?;
+        let class = match parts.next()? {
+            "c" => Class::Critical,
+            "b" => Class::Bulk,
+            _ => return None,
+        };
+        let earliest = match parts.next()? {
+            "none" => None,
+            t => Some(t.parse().ok()?),
+        };
+        let events = parts.next()?.parse().ok()?;
+        let digits = order.get(..20)?;
+        let valid = digits.bytes().all(|b| b.is_ascii_digit())
+            && order[20..].bytes().all(|b| b == b'a' || b == b'b');
+        if !valid || parts.next().is_some() {
+            return None;
+        }
+        Some(Segment {
+            order: order.to_owned(),
+            class,
+            earliest,
+            events,
+            bytes,
+        })
+    }
+}
+
+/// What [`Spool::store`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    Written(Segment),
+    /// Over the cap with only critical data left (or a batch larger than the cap): nothing
+    /// was written; pause reading and retry after segments are acknowledged.
+    Full,
+}
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub written: u64,
+    pub acked: u64,
+    pub evicted_segments: u64,
+    pub evicted_events: u64,
+    pub quarantined: u64,
+}
+
+/// A write hook, for tests that inject disk errors (ENOSPC) into segment writes.
+pub type WriteFault = Box<dyn FnMut(&[u8]) -> io::Result<()> + Send>;
+
+pub struct Spool {
+    dir: PathBuf,
+    cap: u64,
+    queues: [VecDeque<Segment>; 2],
+    bytes: u64,
+    next_seq: u64,
+    pub stats: SpoolStats,
+    evicted: Vec<Segment>,
+    fault: Option<WriteFault>,
+}
+
+fn q(class: Class) -> usize {
+    match class {
+        Class::Critical => 0,
+        Class::Bulk => 1,
+    }
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir`: removes unfinished `tmp/` files, quarantines
+    /// files that are not segments, and queues the rest in order.
+    pub fn open(dir: &Path, cap_bytes: u64) -> io::Result<Spool> {
+        for sub in ["", "tmp", "quarantine"] {
+            durable::create_dir(&dir.join(sub))?;
+        }
+        for entry in fs::read_dir(dir.join("tmp"))? {
+            fs::remove_file(entry?.path())?;
+        }
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            cap: cap_bytes,
+            queues: [VecDeque::new(), VecDeque::new()],
+            bytes: 0,
+            next_seq: 0,
+            stats: SpoolStats::default(),
+            evicted: Vec::new(),
+            fault: None,
+        };
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match Segment::parse(&name, meta.len()) {
+                Some(seg) => found.push(seg),
+                None => {
+                    log::error!("spool: {name} is not a segment; moved to quarantine/");
+                    fs::rename(entry.path(), dir.join("quarantine").join(&name))?;
+                    spool.stats.quarantined += 1;
+                }
+            }
+        }
+        found.sort_by(|a, b| a.order.cmp(&b.order));
+        for seg in found {
+            let seq: u64 = seg.order[..20].parse().unwrap_or(0);
+            spool.next_seq = spool.next_seq.max(seq + 1);
+            spool.bytes += seg.bytes;
+            spool.queues[q(seg.class)].push_back(seg);
+        }
+        durable::sync_dir(dir)?;
+        Ok(spool)
+    }
+
+    /// Replaces how segment data is written (tests: simulate a full disk).
+    #[doc(hidden)]
+    pub fn set_write_fault(&mut self, fault: Option<WriteFault>) {
+        self.fault = fault;
+    }
+
+    /// Stores a sealed batch durably, evicting the oldest bulk segments if the cap needs it.
+    /// On an I/O error nothing is stored (no partial segment is left) and the batch is
+    /// still the caller's: keep it and retry.
+    pub fn store(&mut self, batch: &Sealed) -> io::Result<Stored> {
+        let need = batch.gz.len() as u64;
+        if need > self.cap {
+            return Ok(Stored::Full);
+        }
+        while self.bytes + need > self.cap && !self.queues[q(Class::Bulk)].is_empty() {
+            self.evict_oldest_bulk()?;
+        }
+        if self.bytes + need > self.cap {
+            return Ok(Stored::Full);
+        }
+        let seg = Segment {
+            order: format!("{:020}", self.next_seq),
+            class: batch.class,
+            earliest: batch.earliest,
+            events: batch.events,
+            bytes: need,
+        };
+        self.write_segment(&seg, &batch.gz)?;
+        self.next_seq += 1;
+        self.insert(seg.clone());
+        self.stats.written += 1;
+        Ok(Stored::Written(seg))
+    }
+
+    fn write_segment(&mut self, seg: &Segment, data: &[u8]) -> io::Result<()> {
+        let name = seg.file_name();
+        let tmp = self.dir.join("tmp").join(&name);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            match self.fault.as_mut() {
+                Some(fault) => fault(data)?,
+                None => f.write_all(data)?,
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(&name))?;
+            durable::sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn insert(&mut self, seg: Segment) {
+        self.bytes += seg.bytes;
+        let queue = &mut self.queues[q(seg.class)];
+        let at = queue.partition_point(|s| s.order < seg.order);
+        queue.insert(at, seg);
+    }
+
+    fn remove_file(&mut self, seg: &Segment) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(seg.file_name())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        durable::sync_dir(&self.dir)?;
+        self.queues[q(seg.class)].retain(|s| s.order != seg.order);
+        self.bytes -= seg.bytes.min(self.bytes);
+        Ok(())
+    }
+
+    fn evict_oldest_bulk(&mut self) -> io::Result<()> {
+        let Some(seg) = self.queues[q(Class::Bulk)].front().cloned() else {
+            return Ok(());
+        };
+        self.remove_file(&seg)?;
+        log::warn!(
+            "spool full: evicted bulk segment {} ({} events)",
+            seg.file_name(),
+            seg.events
+        );
+        self.stats.evicted_segments += 1;
+        self.stats.evicted_events += u64::from(seg.events);
+        self.evicted.push(seg);
+        Ok(())
+    }
+
+    /// The next segment to send: the oldest critical one, else the oldest bulk one.
+    pub fn next(&self) -> Option<&Segment> {
+        self.queues[0].front().or_else(|| self.queues[1].front())
+    }
+
+    /// The segment's body, checked: a gzip stream that decompresses completely with valid
+    /// CRCs and lengths. `Err(reason)` means corrupt (then [`Spool::quarantine`] it).
+    pub fn read(&self, seg: &Segment) -> io::Result<Result<Vec<u8>, String>> {
+        let body = fs::read(self.dir.join(seg.file_name()))?;
+        let mut sink = io::sink();
+        let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut sink);
+        Ok(match check {
+            Ok(_) if !body.is_empty() => Ok(body),
+            Ok(_) => Err("empty".to_string()),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+
+    /// The intake accepted the segment: delete it.
+    pub fn ack(&mut self, seg: &Segment) -> io::Result<()> {
+        self.remove_file(seg)?;
+        self.stats.acked += 1;
+        Ok(())
+    }
+
+    /// Moves a corrupt segment out of the queue, into `quarantine/`, for inspection.
+    pub fn quarantine(&mut self, seg: &Segment, reason: &str) -> io::Result<()> {
+        let name = seg.file_name();
+        log::error!("spool: segment {name} is corrupt ({reason}); moved to quarantine/");
+        match fs::rename(
+            self.dir.join(&name),
+            self.dir.join("quarantine").join(&name),
+        ) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        durable::sync_dir(&self.dir)?;
+        self.queues[q(seg.class)].retain(|s| s.order != seg.order);
+        self.bytes -= seg.bytes.min(self.bytes);
+        self.stats.quarantined += 1;
+        Ok(())
+    }
+
+    /// Replaces a segment by two, each with half of its events, in its place in the order
+    /// (the intake refused the request as too large). The halves are durable before the
+    /// original is removed. `Ok(None)`: it holds a single event and cannot be split.
+    pub fn split(&mut self, seg: &Segment, level: u32) -> io::Result<Option<(Segment, Segment)>> {
+        let mut text = Vec::new();
+        MultiGzDecoder::new(&fs::read(self.dir.join(seg.file_name()))?[..])
+            .read_to_end(&mut text)?;
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        if lines.len() < 2 {
+            return Ok(None);
+        }
+        let (first, second) = lines.split_at(lines.len() / 2);
+        let mut halves = Vec::new();
+        for (suffix, part) in [("a", first), ("b", second)] {
+            let mut gz = GzEncoder::new(Vec::new(), Compression::new(level));
+            gz.write_all(&part.join(&b"\n"[..]))?;
+            let body = gz.finish()?;
+            let half = Segment {
+                order: format!("{}{suffix}", seg.order),
+                class: seg.class,
+                earliest: seg.earliest,
+                events: part.len() as u32,
+                bytes: body.len() as u64,
+            };
+            self.write_segment(&half, &body)?;
+            halves.push(half);
+        }
+        self.remove_file(seg)?;
+        let (b, a) = (halves.pop(), halves.pop());
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(None);
+        };
+        self.insert(a.clone());
+        self.insert(b.clone());
+        Ok(Some((a, b)))
+    }
+
+    /// Segments evicted since the last call (for gap records).
+    pub fn take_evicted(&mut self) -> Vec<Segment> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn segments(&self, class: Class) -> usize {
+        self.queues[q(class)].len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.iter().all(VecDeque::is_empty)
+    }
+}

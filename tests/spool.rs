@@ -1,0 +1,240 @@
+//! The spool's contract (DESIGN.md §2, §6): durable segments, critical before bulk and
+//! oldest first, a byte cap that evicts bulk (counted) and then refuses (backpressure),
+//! corrupt segments quarantined, disk errors leaving nothing behind, 413 splits in place.
+
+use flate2::read::MultiGzDecoder;
+use kube_audit_shipper::batch::{BatchLimits, Batcher, Sealed};
+use kube_audit_shipper::spool::{Class, Spool, Stored};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kas-spool-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A sealed batch of `n` events named `{tag}-{i}`, each about `size` bytes.
+fn batch(class: Class, tag: &str, n: usize, size: usize) -> Sealed {
+    let limits = BatchLimits {
+        max_events: 100_000,
+        max_bytes: usize::MAX,
+        ..BatchLimits::default()
+    };
+    let mut b = Batcher::new(limits);
+    let now = Instant::now();
+    for i in 0..n {
+        // Incompressible-ish padding so sizes on disk are predictable.
+        let pad: String = (0..size)
+            .map(|j| (b'a' + ((i * 31 + j * 17) % 26) as u8) as char)
+            .collect();
+        let ts = Some(1_795_532_127_000_000 + i as i64);
+        assert!(
+            b.add(
+                class,
+                format!("{{\"e\":\"{tag}-{i}\",\"p\":\"{pad}\"}}").as_bytes(),
+                ts,
+                now
+            )
+            .unwrap()
+            .is_none()
+        );
+    }
+    b.seal(class).unwrap().unwrap()
+}
+
+fn events(spool: &Spool, seg: &kube_audit_shipper::spool::Segment) -> Vec<String> {
+    let body = spool.read(seg).unwrap().unwrap();
+    let mut text = String::new();
+    MultiGzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    text.split('\n')
+        .map(|l| l[6..l.find("\",").unwrap()].to_string())
+        .collect()
+}
+
+fn written(s: Stored) -> kube_audit_shipper::spool::Segment {
+    match s {
+        Stored::Written(seg) => seg,
+        Stored::Full => panic!("spool full"),
+    }
+}
+
+#[test]
+fn critical_first_oldest_first_and_it_survives_a_restart() {
+    let dir = tmpdir("order");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    spool.store(&batch(Class::Bulk, "b1", 3, 10)).unwrap();
+    spool.store(&batch(Class::Critical, "c1", 2, 10)).unwrap();
+    spool.store(&batch(Class::Bulk, "b2", 1, 10)).unwrap();
+    spool.store(&batch(Class::Critical, "c2", 1, 10)).unwrap();
+    // An unfinished write from a crash, and a stray file.
+    std::fs::write(
+        dir.join("tmp").join("00000000000000000099-c-none-1.gz"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.txt"), b"?").unwrap();
+    drop(spool);
+
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.join("tmp")).unwrap().count(),
+        0,
+        "tmp cleaned"
+    );
+    assert!(dir.join("quarantine").join("notes.txt").exists());
+    let mut order = Vec::new();
+    while let Some(seg) = spool.next().cloned() {
+        let mode = std::fs::metadata(dir.join(seg.file_name()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        order.push(events(&spool, &seg)[0].clone());
+        spool.ack(&seg).unwrap();
+    }
+    assert_eq!(order, ["c1-0", "c2-0", "b1-0", "b2-0"]);
+    assert!(spool.is_empty() && spool.bytes() == 0);
+    // The next batch after a restart continues the sequence (order survives restarts).
+    let seg = written(spool.store(&batch(Class::Bulk, "b3", 1, 10)).unwrap());
+    assert!(seg.order.as_str() > "00000000000000000003");
+}
+
+#[test]
+fn the_cap_evicts_oldest_bulk_counted_then_pushes_back() {
+    let dir = tmpdir("cap");
+    let one = batch(Class::Bulk, "probe", 20, 200).gz.len() as u64;
+    // Room for about five segments.
+    let mut spool = Spool::open(&dir, one * 5 + one / 2).unwrap();
+    for i in 0..4 {
+        written(
+            spool
+                .store(&batch(Class::Bulk, &format!("b{i}"), 20, 200))
+                .unwrap(),
+        );
+    }
+    written(spool.store(&batch(Class::Critical, "c0", 20, 200)).unwrap());
+    // Full: each new critical batch evicts the oldest bulk one.
+    for i in 1..5 {
+        written(
+            spool
+                .store(&batch(Class::Critical, &format!("c{i}"), 20, 200))
+                .unwrap(),
+        );
+    }
+    assert_eq!(spool.segments(Class::Bulk), 0);
+    assert_eq!(
+        (spool.stats.evicted_segments, spool.stats.evicted_events),
+        (4, 80)
+    );
+    let evicted: Vec<u32> = spool.take_evicted().iter().map(|s| s.events).collect();
+    assert_eq!(evicted, [20, 20, 20, 20]);
+    // Only critical data left: refused, nothing written, nothing lost.
+    let files_before = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(
+        spool.store(&batch(Class::Critical, "c5", 20, 200)).unwrap(),
+        Stored::Full
+    );
+    assert_eq!(
+        spool.store(&batch(Class::Bulk, "b9", 20, 200)).unwrap(),
+        Stored::Full
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files_before);
+    assert!(spool.bytes() <= one * 5 + one / 2);
+    // Acknowledging frees room again.
+    let first = spool.next().cloned().unwrap();
+    assert_eq!(events(&spool, &first)[0], "c0-0");
+    spool.ack(&first).unwrap();
+    written(spool.store(&batch(Class::Critical, "c5", 20, 200)).unwrap());
+}
+
+#[test]
+fn a_corrupt_segment_is_quarantined_and_the_queue_goes_on() {
+    let dir = tmpdir("corrupt");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    let bad = written(
+        spool
+            .store(&batch(Class::Critical, "bad", 50, 100))
+            .unwrap(),
+    );
+    written(
+        spool
+            .store(&batch(Class::Critical, "good", 5, 100))
+            .unwrap(),
+    );
+    let path = dir.join(bad.file_name());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    drop(spool);
+
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    let seg = spool.next().cloned().unwrap();
+    let reason = spool.read(&seg).unwrap().expect_err("corruption detected");
+    spool.quarantine(&seg, &reason).unwrap();
+    assert_eq!(spool.stats.quarantined, 1);
+    assert!(dir.join("quarantine").join(bad.file_name()).exists());
+    let next = spool.next().cloned().unwrap();
+    assert_eq!(events(&spool, &next)[0], "good-0");
+}
+
+#[test]
+fn a_full_disk_leaves_nothing_behind_and_recovers() {
+    let dir = tmpdir("enospc");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    spool.set_write_fault(Some(Box::new(|_| {
+        Err(std::io::Error::from_raw_os_error(libc_enospc()))
+    })));
+    let b = batch(Class::Critical, "x", 10, 100);
+    let err = spool.store(&b).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_enospc()));
+    assert!(spool.is_empty());
+    assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        0
+    );
+    // Space again: the same batch (still the caller's) is stored.
+    spool.set_write_fault(None);
+    let seg = written(spool.store(&b).unwrap());
+    assert_eq!(events(&spool, &seg).len(), 10);
+}
+
+fn libc_enospc() -> i32 {
+    28 // ENOSPC on Linux
+}
+
+#[test]
+fn split_replaces_a_segment_by_halves_in_its_place() {
+    let dir = tmpdir("split");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    let big = written(spool.store(&batch(Class::Bulk, "s", 5, 10)).unwrap());
+    written(spool.store(&batch(Class::Bulk, "later", 1, 10)).unwrap());
+    let (a, b) = spool.split(&big, 3).unwrap().unwrap();
+    assert_eq!((a.events, b.events), (2, 3));
+    assert!(!dir.join(big.file_name()).exists());
+    let (aa, ab) = spool.split(&a, 3).unwrap().unwrap();
+    let mut order = Vec::new();
+    while let Some(seg) = spool.next().cloned() {
+        order.extend(events(&spool, &seg));
+        if seg.events == 1 {
+            assert!(
+                spool.split(&seg, 3).unwrap().is_none(),
+                "single events are not split"
+            );
+        }
+        spool.ack(&seg).unwrap();
+    }
+    assert_eq!(order, ["s-0", "s-1", "s-2", "s-3", "s-4", "later-0"]);
+    assert_eq!((aa.events, ab.events), (1, 1));
+    // Reopened, the split names still sort in place.
+    drop(spool);
+}
