@@ -11,6 +11,7 @@
 //! - [`extract`]: parses a line with simd-json and writes the `audit`, `ecs` or `raw` form.
 //! - [`batch`]: events → gzip batches within the intake's limits, one event time each.
 //! - [`spool`]: the durable, byte-capped queue of batches; critical before bulk.
+//! - [`intake`]: posts spooled batches to the SEKOIA.IO intake over HTTPS (ureq + rustls).
 //! - [`timestamp`]: the API server's RFC 3339 times, for batching by event time.
 //! - [`durable`]: write-tmp, fsync, rename, fsync-dir: how state reaches disk.
 //! - [`cmd`]: the subcommands.
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod cmd;
 pub mod durable;
 pub mod extract;
+pub mod intake;
 pub mod lines;
 pub mod spool;
 pub mod tail;

@@ -58,6 +58,36 @@ pub fn parse_micros(s: &str) -> Option<i64> {
     Some(secs * 1_000_000 + micros)
 }
 
+/// Formats unix microseconds as RFC 3339 UTC with microseconds, the way the API server
+/// writes `requestReceivedTimestamp` (`2026-11-24T14:55:27.763391Z`).
+pub fn format_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 fn digits(b: &[u8]) -> Option<i64> {
     b.iter().try_fold(0i64, |acc, &c| {
         c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
@@ -90,7 +120,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_micros;
+    use super::{format_micros, parse_micros};
 
     #[test]
     fn parses_what_the_api_server_writes() {
@@ -113,6 +143,19 @@ mod tests {
             parse_micros("2026-11-24T14:55:27Z")
         );
         assert_eq!(parse_micros("1969-12-31T23:59:59Z"), Some(-1_000_000));
+    }
+
+    #[test]
+    fn formats_back_what_it_parses() {
+        for t in [
+            "2026-11-24T14:55:27.763391Z",
+            "1970-01-01T00:00:00.000000Z",
+            "2024-02-29T23:59:59.999999Z",
+            "1969-12-31T23:59:59.500000Z",
+            "2100-03-01T00:00:00.000001Z",
+        ] {
+            assert_eq!(format_micros(parse_micros(t).unwrap()), t);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod corpus;
+pub mod intake;
 pub mod model;
 
 use kube_audit_shipper::extract::{ExtractError, Extractor, Format, Written};

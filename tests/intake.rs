@@ -1,0 +1,362 @@
+//! The sender against the intake emulator over real HTTPS on 127.0.0.1: every response
+//! class of DESIGN.md §7, TLS with a private CA and mutual TLS, an outage long enough to hit
+//! the spool cap, a restart with a full spool — and the key never in any log line.
+
+mod support;
+
+use kube_audit_shipper::batch::{BatchLimits, Batcher, Sealed};
+use kube_audit_shipper::intake::{IntakeConfig, KEY_REFUSED_RETRY, Sender, Step};
+use kube_audit_shipper::spool::{Class, Spool, Stored};
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use support::intake::{Emulator, Fault, Options};
+
+const KEY: &str = "test-intake-key-5f1c";
+
+/// Every log line of the process, to check that the key never appears.
+static LOG: OnceLock<Mutex<String>> = OnceLock::new();
+
+struct Capture;
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        let line = format!("{} {}\n", r.level(), r.args());
+        LOG.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .push_str(&line);
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        log::set_boxed_logger(Box::new(Capture)).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kas-intake-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(emu: &Emulator, key: &str) -> IntakeConfig {
+    IntakeConfig {
+        url: emu.url.clone(),
+        key: key.to_string(),
+        ca_file: Some(emu.ca_file.clone()),
+        client_cert: None,
+        proxy: None,
+        timeout: Duration::from_secs(5),
+        level: 3,
+    }
+}
+
+fn sealed(class: Class, tag: &str, n: usize, ts: i64) -> Sealed {
+    let limits = BatchLimits {
+        max_events: 100_000,
+        max_bytes: usize::MAX,
+        max_spread: Duration::from_secs(3600),
+        ..BatchLimits::default()
+    };
+    let mut b = Batcher::new(limits);
+    for i in 0..n {
+        let event = format!(
+            "{{\"auditID\":\"{tag}-{i}\",\"verb\":\"get\",\"pad\":\"{}\"}}",
+            "p".repeat(100 + i % 50)
+        );
+        b.add(class, event.as_bytes(), Some(ts + i as i64), Instant::now())
+            .unwrap();
+    }
+    b.seal(class).unwrap().unwrap()
+}
+
+fn store(spool: &Mutex<Spool>, b: &Sealed) {
+    assert!(matches!(
+        spool.lock().unwrap().store(b).unwrap(),
+        Stored::Written(_)
+    ));
+}
+
+/// Delivers until the spool is empty; returns the waits asked for.
+fn drain(sender: &mut Sender, spool: &Mutex<Spool>, max_steps: usize) -> Vec<Duration> {
+    let mut waits = Vec::new();
+    for _ in 0..max_steps {
+        match sender.deliver_next(spool) {
+            Step::Idle => return waits,
+            Step::Progress => {}
+            Step::Wait(d) => waits.push(d),
+        }
+    }
+    panic!("spool not drained after {max_steps} steps: {waits:?}");
+}
+
+fn ids(events: &[String]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e[12..e.find("\",").unwrap()].to_string())
+        .collect()
+}
+
+#[test]
+fn accepted_batches_are_deleted_in_order_on_one_connection() {
+    capture_logs();
+    let dir = tmpdir("ok");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let t0 = 1_795_532_127_763_391;
+    store(&spool, &sealed(Class::Bulk, "b1", 3, t0 + 5));
+    store(&spool, &sealed(Class::Critical, "c1", 2, t0));
+    store(&spool, &sealed(Class::Bulk, "b2", 1, t0 + 9));
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    let waits = drain(&mut sender, &spool, 10);
+    assert!(waits.is_empty());
+    assert_eq!(
+        ids(&emu.events()),
+        ["c1-0", "c1-1", "b1-0", "b1-1", "b1-2", "b2-0"]
+    );
+    let reqs = emu.requests();
+    assert!(reqs.iter().all(|r| r.gzip && r.status == 200));
+    assert_eq!(
+        reqs[0].timestamp.as_deref(),
+        Some("2026-11-24T14:55:27.763391Z")
+    );
+    assert_eq!(emu.state.lock().unwrap().connections, 1, "keep-alive");
+    assert!(spool.lock().unwrap().is_empty());
+    assert_eq!(
+        (
+            sender.health.delivered_segments,
+            sender.health.delivered_events
+        ),
+        (3, 6)
+    );
+}
+
+#[test]
+fn a_refused_key_keeps_everything_and_retries_slowly_until_fixed() {
+    capture_logs();
+    for status in [401, 422] {
+        let dir = tmpdir(&format!("key{status}"));
+        let emu = Emulator::start(
+            &dir.join("emu"),
+            Options {
+                wrong_key_status: status,
+                ..Options::default()
+            },
+        );
+        let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+        store(&spool, &sealed(Class::Critical, "c", 4, 0));
+        let mut wrong = Sender::new(&config(&emu, "wrong-key-value-91a")).unwrap();
+        assert_eq!(wrong.deliver_next(&spool), Step::Wait(KEY_REFUSED_RETRY));
+        assert_eq!(wrong.health.key_refused, Some(status));
+        assert_eq!(
+            spool.lock().unwrap().segments(Class::Critical),
+            1,
+            "nothing dropped"
+        );
+        assert!(emu.events().is_empty());
+        // The operator fixes the key.
+        let mut right = Sender::new(&config(&emu, KEY)).unwrap();
+        drain(&mut right, &spool, 5);
+        assert_eq!(emu.events().len(), 4);
+        let logs = LOG.get().unwrap().lock().unwrap().clone();
+        assert!(logs.contains(&format!("refused the intake key (HTTP {status})")));
+        assert!(
+            !logs.contains("wrong-key-value-91a") && !logs.contains(KEY),
+            "key in logs"
+        );
+    }
+}
+
+#[test]
+fn too_large_requests_are_split_until_they_pass() {
+    capture_logs();
+    let dir = tmpdir("413");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().max_body = 2_000; // ~12 events per request at most
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    store(&spool, &sealed(Class::Bulk, "s", 40, 0));
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    drain(&mut sender, &spool, 50);
+    let want: Vec<String> = (0..40).map(|i| format!("s-{i}")).collect();
+    assert_eq!(ids(&emu.events()), want, "every event once, in order");
+    assert!(sender.health.split_segments >= 3);
+    assert!(emu.requests().iter().any(|r| r.status == 413));
+}
+
+#[test]
+fn busy_and_failing_intakes_are_retried_with_backoff_and_nothing_is_lost() {
+    capture_logs();
+    let dir = tmpdir("faults");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    store(&spool, &sealed(Class::Critical, "f", 50, 0));
+    emu.script([
+        Fault::RetryAfter(429, 7),
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::ResetMidBody,
+        Fault::Status(502),
+        Fault::Delay(Duration::from_millis(1500)), // longer than the client's timeout
+    ]);
+    let mut cfg = config(&emu, KEY);
+    cfg.timeout = Duration::from_millis(800);
+    let mut sender = Sender::new(&cfg).unwrap();
+    let mut steps = Vec::new();
+    for _ in 0..7 {
+        steps.push(sender.deliver_next(&spool));
+    }
+    assert_eq!(
+        steps[0],
+        Step::Wait(Duration::from_secs(7)),
+        "Retry-After honoured"
+    );
+    // Backoff: doubling from 1 s with ±25% jitter for 503 (no Retry-After), 500, reset, 502.
+    for (i, step) in steps[1..5].iter().enumerate() {
+        let Step::Wait(d) = step else {
+            panic!("{step:?}")
+        };
+        let base = Duration::from_secs(1 << i);
+        assert!(
+            *d >= base.mul_f64(0.74) && *d <= base.mul_f64(1.26),
+            "attempt {i}: {d:?}"
+        );
+    }
+    assert!(
+        matches!(steps[5], Step::Wait(_)),
+        "timeout is a failure: {:?}",
+        steps[5]
+    );
+    assert_eq!(steps[6], Step::Progress);
+    // The delayed request may have been processed after the client gave up: at-least-once.
+    let got = ids(&emu.events());
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(
+        unique,
+        (0..50).map(|i| format!("f-{i}")).collect::<Vec<_>>()
+    );
+    assert!(spool.lock().unwrap().is_empty());
+    assert_eq!(sender.health.consecutive_failures, 0);
+}
+
+#[test]
+fn tls_needs_the_right_ca_and_client_certificate() {
+    capture_logs();
+    let dir = tmpdir("tls");
+    let emu = Emulator::start(
+        &dir.join("emu"),
+        Options {
+            require_client_cert: true,
+            ..Options::default()
+        },
+    );
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    store(&spool, &sealed(Class::Critical, "t", 2, 0));
+    // Built-in roots: the private CA is unknown.
+    let mut cfg = config(&emu, KEY);
+    cfg.ca_file = None;
+    let mut untrusting = Sender::new(&cfg).unwrap();
+    assert!(matches!(untrusting.deliver_next(&spool), Step::Wait(_)));
+    // Right CA, no client certificate: refused in the handshake.
+    let mut no_cert = Sender::new(&config(&emu, KEY)).unwrap();
+    assert!(matches!(no_cert.deliver_next(&spool), Step::Wait(_)));
+    assert!(emu.events().is_empty());
+    // Right CA and client certificate.
+    let mut cfg = config(&emu, KEY);
+    cfg.client_cert = Some(emu.client_cert.clone());
+    let mut mtls = Sender::new(&cfg).unwrap();
+    assert_eq!(mtls.deliver_next(&spool), Step::Progress);
+    assert_eq!(emu.events().len(), 2);
+    assert!(emu.state.lock().unwrap().client_cert_seen);
+    // Bad files are named in the error.
+    let mut cfg = config(&emu, KEY);
+    cfg.ca_file = Some(dir.join("missing.pem"));
+    let err = Sender::new(&cfg).err().unwrap();
+    assert!(err.contains("missing.pem"), "{err}");
+}
+
+#[test]
+fn an_outage_past_the_spool_cap_delivers_every_critical_event_and_counts_evicted_bulk() {
+    capture_logs();
+    let dir = tmpdir("outage");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let probe = sealed(Class::Bulk, "probe", 20, 0).gz.len() as u64;
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), probe * 12).unwrap());
+    // "Ten minutes" of production while the intake answers 503: as many critical batches as
+    // bulk ones, more than the cap holds.
+    emu.script((0..1000).map(|_| Fault::Status(503)));
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    let (mut critical, mut bulk, mut refused) = (0u64, 0u64, 0u64);
+    for i in 0..40 {
+        let class = if i % 4 == 0 {
+            Class::Critical
+        } else {
+            Class::Bulk
+        };
+        let b = sealed(class, &format!("{}{i}", class.letter()), 20, i);
+        match spool.lock().unwrap().store(&b).unwrap() {
+            Stored::Written(_) if class == Class::Critical => critical += 20,
+            Stored::Written(_) => bulk += 20,
+            // Only critical data left: the reader would pause; this batch stays unread.
+            Stored::Full => refused += 1,
+        }
+        assert!(matches!(sender.deliver_next(&spool), Step::Wait(_)));
+    }
+    let evicted = spool.lock().unwrap().stats.evicted_events;
+    assert!(evicted > 0, "the cap was hit");
+    assert!(refused > 0, "backpressure once only critical data was left");
+    // The intake comes back.
+    emu.state.lock().unwrap().script.clear();
+    drain(&mut sender, &spool, 100);
+    let got = ids(&emu.events());
+    let got_critical = got.iter().filter(|id| id.starts_with('c')).count() as u64;
+    let got_bulk = got.iter().filter(|id| id.starts_with('b')).count() as u64;
+    assert_eq!(
+        got_critical, critical,
+        "every spooled critical event delivered"
+    );
+    assert_eq!(
+        got_bulk + evicted,
+        bulk,
+        "bulk delivered + evicted = bulk spooled"
+    );
+    eprintln!(
+        "outage: {critical} critical delivered, {got_bulk} bulk delivered, {evicted} bulk evicted, {refused} batches refused (backpressure)"
+    );
+}
+
+#[test]
+fn a_restart_with_a_full_spool_sends_everything() {
+    capture_logs();
+    let dir = tmpdir("restart");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    {
+        let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+        for i in 0..10 {
+            store(&spool, &sealed(Class::Critical, &format!("r{i}"), 10, 0));
+        }
+    } // the process dies here
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    drain(&mut sender, &spool, 20);
+    let want: Vec<String> = (0..10)
+        .flat_map(|i| (0..10).map(move |j| format!("r{i}-{j}")))
+        .collect();
+    assert_eq!(ids(&emu.events()), want);
+}
+
+#[test]
+fn the_key_is_never_shown() {
+    let dir = tmpdir("secret");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let cfg = config(&emu, KEY);
+    assert!(!format!("{cfg:?}").contains(KEY));
+}

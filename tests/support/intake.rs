@@ -1,0 +1,319 @@
+//! A SEKOIA.IO intake emulator for tests: HTTPS on 127.0.0.1 with certificates generated at
+//! start (rcgen), `POST /plain/batch` with or without gzip, the key checked
+//! (`X-SEKOIAIO-INTAKE-KEY`; a wrong key gets 401 or 422 as configured), `{"event_ids":[…]}`
+//! answers, 413 for an event over 250 KiB or a body over 10 MiB, and scripted faults:
+//! statuses, `Retry-After`, slow answers, a connection reset mid-body; optionally mutual TLS.
+//! It records every request and every accepted event.
+#![allow(dead_code)]
+
+use flate2::read::MultiGzDecoder;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const MAX_EVENT: usize = 250 * 1024;
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// A scripted answer, used (once each, in order) before normal processing.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Status(u16),
+    RetryAfter(u16, u64),
+    /// Read half the body, then close the connection without answering.
+    ResetMidBody,
+    /// Answer normally after this long.
+    Delay(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub status: u16,
+    pub events: usize,
+    pub timestamp: Option<String>,
+    pub gzip: bool,
+    pub body_bytes: usize,
+}
+
+pub struct State {
+    pub key: String,
+    pub wrong_key_status: u16,
+    pub max_body: usize,
+    pub events: Vec<String>,
+    pub requests: Vec<Request>,
+    pub script: VecDeque<Fault>,
+    pub connections: usize,
+    pub client_cert_seen: bool,
+}
+
+pub struct Emulator {
+    pub url: String,
+    pub ca_file: PathBuf,
+    pub client_cert: (PathBuf, PathBuf),
+    pub state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub struct Options {
+    pub key: String,
+    pub wrong_key_status: u16,
+    pub require_client_cert: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key: "test-intake-key-5f1c".into(),
+            wrong_key_status: 401,
+            require_client_cert: false,
+        }
+    }
+}
+
+impl Emulator {
+    pub fn start(dir: &Path, opts: Options) -> Emulator {
+        std::fs::create_dir_all(dir).unwrap();
+        // A CA, a server certificate for 127.0.0.1/localhost, a client certificate.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "test intake CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(vec!["shipper".to_string()]).unwrap();
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let client = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&client.0, client_cert.pem()).unwrap();
+        std::fs::write(&client.1, client_key.serialize_pem()).unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if opts.require_client_cert {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca_cert.der().clone()).unwrap();
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+        let certs: Vec<CertificateDer<'static>> = vec![server_cert.der().clone()];
+        let config = Arc::new(builder.with_single_cert(certs, key).unwrap());
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let state = Arc::new(Mutex::new(State {
+            key: opts.key,
+            wrong_key_status: opts.wrong_key_status,
+            max_body: MAX_BODY,
+            events: Vec::new(),
+            requests: Vec::new(),
+            script: VecDeque::new(),
+            connections: 0,
+            client_cert_seen: false,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((tcp, _)) => {
+                            tcp.set_nonblocking(false).unwrap();
+                            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            state.lock().unwrap().connections += 1;
+                            let (state, config) = (state.clone(), config.clone());
+                            std::thread::spawn(move || serve(tcp, config, state));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        Emulator {
+            url,
+            ca_file,
+            client_cert: client,
+            state,
+            stop,
+        }
+    }
+
+    pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.state.lock().unwrap().script.extend(faults);
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
+    let Ok(conn) = ServerConnection::new(config) else {
+        return;
+    };
+    let mut tls = StreamOwned::new(conn, tcp);
+    let mut buf = Vec::new();
+    loop {
+        // Headers.
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        if tls.conn.peer_certificates().is_some() {
+            state.lock().unwrap().client_cert_seen = true;
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+        };
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let fault = state.lock().unwrap().script.pop_front();
+        if let Some(Fault::ResetMidBody) = fault {
+            // Take half the body, then drop the connection without an answer.
+            let mut chunk = [0u8; 4096];
+            while buf.len() < head_end + len / 2 {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 65536];
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        let gzip = header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let timestamp = header("x-sekoiaio-event-timestamp");
+        let key = header("x-sekoiaio-intake-key");
+        let (status, extra, events) = match fault {
+            Some(Fault::Status(s)) => (s, String::new(), 0),
+            Some(Fault::RetryAfter(s, secs)) => (s, format!("Retry-After: {secs}\r\n"), 0),
+            Some(Fault::Delay(d)) => {
+                std::thread::sleep(d);
+                handle(&state, key, &body, gzip)
+            }
+            _ => handle(&state, key, &body, gzip),
+        };
+        state.lock().unwrap().requests.push(Request {
+            status,
+            events,
+            timestamp,
+            gzip,
+            body_bytes: body.len(),
+        });
+        let answer = if (200..300).contains(&status) {
+            let ids: Vec<String> = (0..events).map(|i| format!("\"{i:08x}\"")).collect();
+            format!("{{\"event_ids\":[{}]}}", ids.join(","))
+        } else {
+            format!("{{\"message\":\"status {status}\"}}")
+        };
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{answer}",
+            answer.len()
+        );
+        if tls
+            .write_all(response.as_bytes())
+            .and_then(|()| tls.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Normal processing: (status, extra headers, events accepted).
+fn handle(
+    state: &Mutex<State>,
+    key: Option<String>,
+    body: &[u8],
+    gzip: bool,
+) -> (u16, String, usize) {
+    let mut st = state.lock().unwrap();
+    if key.as_deref() != Some(st.key.as_str()) {
+        return (st.wrong_key_status, String::new(), 0);
+    }
+    let mut text = Vec::new();
+    if gzip {
+        let limit = st.max_body as u64 + 1;
+        if MultiGzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut text)
+            .is_err()
+        {
+            return (400, String::new(), 0);
+        }
+    } else {
+        text = body.to_vec();
+    }
+    if text.len() > st.max_body {
+        return (413, String::new(), 0);
+    }
+    let text = String::from_utf8_lossy(&text).to_string();
+    let events: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
+    if events.iter().any(|e| e.len() > MAX_EVENT) {
+        return (413, String::new(), 0);
+    }
+    let n = events.len();
+    st.events.extend(events.into_iter().map(str::to_owned));
+    (200, String::new(), n)
+}
