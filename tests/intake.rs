@@ -296,7 +296,7 @@ fn an_outage_past_the_spool_cap_delivers_every_critical_event_and_counts_evicted
     let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
     let (mut critical, mut bulk, mut refused) = (0u64, 0u64, 0u64);
     for i in 0..40 {
-        let class = if i % 4 == 0 {
+        let class = if i % 2 == 0 {
             Class::Critical
         } else {
             Class::Bulk
