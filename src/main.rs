@@ -30,7 +30,7 @@ Options:
   --strict              extract: exit non-zero at the first line that is not an event
   --max-line-bytes N    longest line accepted (default 8 MiB)
   --rounds N            bench: rounds per measurement, median reported (default 5)
-  --level L             bench: gzip level of the full path (default 6)
+  --level L             bench: gzip level of the full path (default 3, as shipped)
   -h, --help            this text
   -V, --version         version
 
@@ -104,7 +104,7 @@ fn run_extract(mut args: lexopt::Parser) -> Result<ExitCode, String> {
 fn run_bench(mut args: lexopt::Parser) -> Result<ExitCode, String> {
     let mut file = None;
     let mut rounds = 5;
-    let mut level = 6;
+    let mut level = kube_audit_shipper::batch::BatchLimits::default().level;
     while let Some(arg) = args.next().map_err(|e| e.to_string())? {
         match arg {
             Long("rounds") => rounds = parse(&mut args, "--rounds")?,
