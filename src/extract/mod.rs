@@ -329,42 +329,36 @@ impl<'a> Event<'a> {
         )
     }
 
-    /// Whether the array at a located field holds the string `s`.
-    pub fn array_has(&self, field: Option<u32>, s: &str) -> bool {
+    /// Tape indexes of the elements of the array at a located field (none if it is absent
+    /// or not an array).
+    fn elements(&self, field: Option<u32>) -> impl Iterator<Item = usize> + '_ {
         let nodes = &self.tape.0;
-        let Some(i) = field.map(|i| i as usize) else {
-            return false;
+        let (start, len) = match field.and_then(|i| Some((i as usize, nodes.get(i as usize)?))) {
+            Some((i, Node::Array { len, .. })) => (i + 1, *len),
+            _ => (0, 0),
         };
-        let Some(Node::Array { len, .. }) = nodes.get(i) else {
-            return false;
-        };
-        let mut j = i + 1;
-        for _ in 0..*len {
-            if nodes[j] == Node::String(s) {
-                return true;
-            }
+        let mut j = start;
+        (0..len).map(move |_| {
+            let at = j;
             j += json::span(nodes, j);
-        }
-        false
+            at
+        })
     }
 
-    /// Whether any element of the array at a located field is an object where `test`
-    /// holds for some member (key, value index).
+    /// Whether the array at a located field holds the string `s`.
+    pub fn array_has(&self, field: Option<u32>, s: &str) -> bool {
+        self.elements(field)
+            .any(|j| self.tape.0[j] == Node::String(s))
+    }
+
+    /// Whether some element of the array at a located field is an object with a member
+    /// (key, value index) for which `test` holds.
     fn any_element(&self, field: Option<u32>, mut test: impl FnMut(&str, usize) -> bool) -> bool {
-        let nodes = &self.tape.0;
-        let Some(i) = field.map(|i| i as usize) else {
-            return false;
-        };
-        let Some(Node::Array { len, .. }) = nodes.get(i) else {
-            return false;
-        };
-        let mut j = i + 1;
-        let mut hit = false;
-        for _ in 0..*len {
-            fields::members(nodes, j, |k, v| hit |= test(k, v));
-            j += json::span(nodes, j);
-        }
-        hit
+        self.elements(field).any(|j| {
+            let mut hit = false;
+            fields::members(&self.tape.0, j, |k, v| hit |= test(k, v));
+            hit
+        })
     }
 
     /// A container of the requested pod runs privileged (`securityContext.privileged`).

@@ -121,6 +121,14 @@ pub struct Spool {
     fault: Option<WriteFault>,
 }
 
+/// A file already gone is what removing or moving it wanted anyway.
+fn gone_is_fine(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 fn q(class: Class) -> usize {
     match class {
         Class::Critical => 0,
@@ -241,11 +249,13 @@ impl Spool {
     }
 
     fn remove_file(&mut self, seg: &Segment) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(seg.file_name())) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        gone_is_fine(fs::remove_file(self.dir.join(seg.file_name())))?;
+        self.forget(seg)
+    }
+
+    /// After the segment's file was removed or moved: make that durable, drop it from the
+    /// queue.
+    fn forget(&mut self, seg: &Segment) -> io::Result<()> {
         durable::sync_dir(&self.dir)?;
         self.queues[q(seg.class)].retain(|s| s.order != seg.order);
         self.bytes -= seg.bytes.min(self.bytes);
@@ -297,17 +307,9 @@ impl Spool {
     pub fn quarantine(&mut self, seg: &Segment, reason: &str) -> io::Result<()> {
         let name = seg.file_name();
         log::error!("spool: segment {name} is corrupt ({reason}); moved to quarantine/");
-        match fs::rename(
-            self.dir.join(&name),
-            self.dir.join("quarantine").join(&name),
-        ) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        durable::sync_dir(&self.dir)?;
-        self.queues[q(seg.class)].retain(|s| s.order != seg.order);
-        self.bytes -= seg.bytes.min(self.bytes);
+        let quarantined = self.dir.join("quarantine").join(&name);
+        gone_is_fine(fs::rename(self.dir.join(&name), quarantined))?;
+        self.forget(seg)?;
         self.stats.quarantined += 1;
         Ok(())
     }

@@ -840,45 +840,32 @@ fn read_file(
         if polled.bytes >= budget as u64 {
             return Ok(false);
         }
-        let serial = t.serial;
         match t.reader.next_item()? {
             None => return Ok(true),
-            Some(Item::Line(line)) => {
-                polled.lines += 1;
-                polled.bytes += line.end - line.offset;
-                on(TailEvent::Line {
-                    pos: Position {
-                        serial,
-                        end: line.end,
-                    },
-                    offset: line.offset,
-                    len: line.len,
-                    buf: line.buf,
-                    path: &t.path,
-                });
-            }
-            Some(Item::TooLong { offset, len, .. }) => {
-                polled.lines += 1;
-                polled.bytes += len + 1;
-                on(TailEvent::TooLong {
-                    path: &t.path,
-                    offset,
-                    len,
-                    pos: Position {
-                        serial,
-                        end: offset + len + 1,
-                    },
-                });
-            }
+            Some(item) => deliver(item, t.serial, &t.path, true, on, polled),
         }
     }
 }
 
+/// A file left for good: its last line, if it has no newline, is still a line.
 fn deliver_partial(t: &mut Tracked, on: &mut impl FnMut(TailEvent<'_>), polled: &mut Polled) {
-    let serial = t.serial;
-    match t.reader.take_partial() {
-        Some(Item::Line(line)) => {
-            polled.lines += 1;
+    if let Some(item) = t.reader.take_partial() {
+        deliver(item, t.serial, &t.path, false, on, polled);
+    }
+}
+
+/// Hands one item of file `serial` to the pipeline. `terminated`: it ended with a newline.
+fn deliver(
+    item: Item<'_>,
+    serial: u64,
+    path: &Path,
+    terminated: bool,
+    on: &mut impl FnMut(TailEvent<'_>),
+    polled: &mut Polled,
+) {
+    polled.lines += 1;
+    match item {
+        Item::Line(line) => {
             polled.bytes += line.end - line.offset;
             on(TailEvent::Line {
                 pos: Position {
@@ -888,21 +875,18 @@ fn deliver_partial(t: &mut Tracked, on: &mut impl FnMut(TailEvent<'_>), polled: 
                 offset: line.offset,
                 len: line.len,
                 buf: line.buf,
-                path: &t.path,
+                path,
             });
         }
-        Some(Item::TooLong { offset, len, .. }) => {
-            polled.lines += 1;
+        Item::TooLong { offset, len, .. } => {
+            let end = offset + len + u64::from(terminated);
+            polled.bytes += end - offset;
             on(TailEvent::TooLong {
-                path: &t.path,
+                path,
                 offset,
                 len,
-                pos: Position {
-                    serial,
-                    end: offset + len,
-                },
+                pos: Position { serial, end },
             });
         }
-        None => {}
     }
 }
