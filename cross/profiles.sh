@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Measures release-profile variants without editing Cargo.toml (cross/README.md, "Profiles"):
+# builds each with cross/build.sh (--config flags on top of Cargo.toml's [profile.release]),
+# then runs `bench` on every binary, interleaved, and prints size and throughput.
+#
+#   cross/profiles.sh [--rounds N] [--repeat K] [PROFILE...]
+#
+# PROFILEs: opt3 z s z-hot z-hot-own s-hot-own (default: all). Targets: CROSS_PROFILE_TARGETS
+# (default "aarch64-unknown-linux-musl x86_64-unknown-linux-musl"). Each profile builds in its
+# own target dir (target/cross/profiles/NAME), since every profile change rebuilds std.
+# Throughput is bench's median CPU-time MB/s; x86_64 runs natively, ARM under qemu (emulated:
+# those numbers only compare profiles with each other). Results: target/cross/profiles/results.tsv.
+set -euo pipefail
+# shellcheck source=cross/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+rounds=5
+repeat=3
+names=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) rounds=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option $1" ;;
+        *) names+=("$1"); shift ;;
+    esac
+done
+[ ${#names[@]} -gt 0 ] || names=(opt3 z s z-hot z-hot-own s-hot-own)
+read -r -a targets <<<"${CROSS_PROFILE_TARGETS:-aarch64-unknown-linux-musl x86_64-unknown-linux-musl}"
+
+# The hot paths: JSON parsing and UTF-8 validation, line splitting, gzip (flate2 → zlib-rs).
+hot=(simd-json simdutf8 value-trait memchr flate2 zlib-rs)
+hot_flags() { local c; for c in "${hot[@]}"; do printf -- '--config\nprofile.release.package.%s.opt-level=3\n' "$c"; done; }
+flags_for() {
+    case "$1" in
+        opt3) ;;
+        z) printf -- '--config\nprofile.release.opt-level="z"\n' ;;
+        s) printf -- '--config\nprofile.release.opt-level="s"\n' ;;
+        z-hot) flags_for z; hot_flags ;;
+        z-hot-own) flags_for z-hot; printf -- '--config\nprofile.release.package.kube-audit-shipper.opt-level=3\n' ;;
+        s-hot-own) flags_for s; hot_flags; printf -- '--config\nprofile.release.package.kube-audit-shipper.opt-level=3\n' ;;
+        *) die "unknown profile $1 (known: opt3 z s z-hot z-hot-own s-hot-own)" ;;
+    esac
+}
+
+base=$CROSS_OUT/profiles
+mkdir -p "$base"
+for n in "${names[@]}"; do
+    mapfile -t flags < <(flags_for "$n")
+    step "profile $n: ${flags[*]:-(Cargo.toml as is)}"
+    CROSS_CARGO_TARGET_DIR=$base/$n/build bash "$CROSS_DIR/build.sh" --label "$n" "${flags[@]}" "${targets[@]}"
+    for t in "${targets[@]}"; do
+        mkdir -p "$base/$n/$t"
+        cp "$CROSS_OUT/dist/$t/kube-audit-shipper" "$base/$n/$t/"
+    done
+done
+
+# bench line → MB/s: "extract → audit   274.9 MB/s ..." / "(extract + gzip 13.4 MB/s of raw)"
+mbs() { sed -n "s/^ *$1 *\([0-9.]*\) MB\/s.*/\1/p" "$2" | head -n 1; }
+gz() { sed -n "s/.*audit → gzip -$1:.*extract + gzip \([0-9.]*\) MB\/s.*/\1/p" "$2" | head -n 1; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+step "bench --rounds $rounds, $repeat passes interleaved over the profiles"
+sample=$REPO/tests/fixtures/apiserver-audit.jsonl
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+for ((i = 1; i <= repeat; i++)); do
+    for t in "${targets[@]}"; do
+        runner=$(runner_for "$t")
+        for n in "${names[@]}"; do
+            ${runner:+"$runner"} "$base/$n/$t/kube-audit-shipper" bench --rounds "$rounds" "$sample" >"$tmp/$n.$t.$i" \
+                || die "bench of $n/$t failed"
+        done
+    done
+done
+printf 'target\tprofile\tbytes\taudit_MBps\tecs_MBps\taudit_gzip6_MBps\textract_gzip1_MBps\textract_gzip3_MBps\n' >"$base/results.tsv"
+for t in "${targets[@]}"; do
+    for n in "${names[@]}"; do
+        row="$t	$n	$(stat -c %s "$base/$n/$t/kube-audit-shipper")"
+        for m in "mbs 'extract → audit'" "mbs 'extract → ecs'" "mbs 'extract → audit → gzip -6'" "gz 1" "gz 3"; do
+            v=$(for ((i = 1; i <= repeat; i++)); do eval "$m" "$tmp/$n.$t.$i"; done | median)
+            row+="	$v"
+        done
+        echo "$row" >>"$base/results.tsv"
+    done
+done
+column -t -s $'\t' "$base/results.tsv" 2>/dev/null || cat "$base/results.tsv"
