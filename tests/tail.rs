@@ -394,6 +394,18 @@ fn down_while_the_active_file_is_rotated_and_pruned_reports_a_lower_bound() {
     for seq in 50..500 {
         w.write_line(&line(seq, 200));
     }
+    // Modification times are coarse (a kernel tick): make the backups' tie, as when they
+    // are written within one tick, so their order must come from their names.
+    let same = std::time::SystemTime::now();
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("audit-") {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(entry.path())
+                .unwrap();
+            f.set_modified(same).unwrap();
+        }
+    }
     let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
     let mut seen = Seen::default();
     seen.until(&mut t, Duration::from_secs(20), |s| {

@@ -459,8 +459,19 @@ impl Tailer {
                 follow.push((i, off, None));
             }
         }
-        // Oldest first; current files after rotated ones.
-        follow.sort_by_key(|&(i, _, _)| (candidates[i].current, candidates[i].mtime_micros));
+        // Oldest first; current files after rotated ones. Modification times are coarse
+        // (a kernel tick), so backups written within one tick tie: the name breaks the tie,
+        // and `audit-<UTC time>.log` names sort in rotation order.
+        follow.sort_by(|&(a, _, _), &(b, _, _)| {
+            let key = |i: usize| {
+                (
+                    candidates[i].current,
+                    candidates[i].mtime_micros,
+                    &candidates[i].path,
+                )
+            };
+            key(a).cmp(&key(b))
+        });
         for (i, offset, serial) in follow {
             let c = &candidates[i];
             let result = self.follow(&c.path, c.gz, offset, serial, !c.current, None);
