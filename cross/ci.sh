@@ -19,12 +19,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 read -r -a build_targets <<<"${CROSS_CI_BUILD_TARGETS:-aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf}"
 read -r -a test_targets <<<"${CROSS_CI_TEST_TARGETS:-aarch64-unknown-linux-musl}"
-
-# Tests known to fail intermittently under qemu (not on the host): run on their own after
-# the suite, reported but not fatal. tests/tail.rs: after a restart two rotated backups
-# were delivered newest first (seqs 396..494 before 297..395) in 2 of 6 runs under
-# qemu-aarch64, 0 of 30 natively; see cross/README.md, "Known issues".
-KNOWN_FLAKY=(tail:down_while_the_active_file_is_rotated_and_pruned_reports_a_lower_bound)
 started=$SECONDS
 
 step "cross: install what is missing"
@@ -50,31 +44,15 @@ for t in "${test_targets[@]}"; do
             skip=(--skip extract_command_)
         fi
     fi
-    flaky=()
-    if [ -n "$runner" ]; then
-        for f in "${KNOWN_FLAKY[@]}"; do
-            flaky+=("$f")
-            skip+=(--skip "${f#*:}")
-        done
-    fi
+    step "cross: cargo test --target $t${runner:+ (under $runner)}"
     # Optimised test profile: at opt-level 0 simd-json and serde_json crawl under qemu
     # (≈8 min of test time instead of ≈15 s); debug assertions and overflow checks stay on.
-    test_cmd=(cargo-zigbuild test -j "$CROSS_JOBS" --target "$t" -Zbuild-std=std,panic_abort
-        --config 'profile.dev.opt-level=1'
-        --config 'profile.dev.package."*".opt-level=2'
-        --config 'profile.dev.debug="line-tables-only"')
-    step "cross: cargo test --target $t${runner:+ (under $runner)}${skip[*]:+, ${skip[*]}}"
-    "${test_cmd[@]}" -- "${skip[@]}" || die "cargo test --target $t failed"
-    for f in "${flaky[@]}"; do
-        step "cross: known flaky under qemu, not fatal: --test ${f%%:*} ${f#*:}"
-        # Output to a file, so no failing test summary ends this script's output.
-        log=$CROSS_OUT/known-flaky-${f#*:}.log
-        if "${test_cmd[@]}" --test "${f%%:*}" -- --exact "${f#*:}" >"$log" 2>&1; then
-            echo "known-flaky test passed this time: ${f#*:} (log: $log)"
-        else
-            note "KNOWN FLAKY under qemu, failed this time (not fatal): ${f#*:} (log: $log)"
-        fi
-    done
+    cargo-zigbuild test -j "$CROSS_JOBS" --target "$t" -Zbuild-std=std,panic_abort \
+        --config 'profile.dev.opt-level=1' \
+        --config 'profile.dev.package."*".opt-level=2' \
+        --config 'profile.dev.debug="line-tables-only"' \
+        -- "${skip[@]}" \
+        || die "cargo test --target $t failed"
 done
 
 step "cross: done in $((SECONDS - started)) s"
