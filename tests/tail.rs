@@ -667,3 +667,39 @@ fn a_restarted_api_server_appending_to_the_same_file_is_followed_on() {
     assert!(seen.gaps.is_empty());
     assert_exactly_once_in_order(&seen.seqs, 60);
 }
+
+#[test]
+fn a_file_recorded_while_empty_does_not_claim_another_files_gz() {
+    let logs = tmpdir("emptyfp-logs");
+    let state = tmpdir("emptyfp-state");
+    let mut w = AuditWriter::new(&logs, 20_000, 10, true);
+    for seq in 0..50 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 50);
+    // A rotates (and is compressed); the new, still empty audit.log is followed and
+    // recorded with a zero-length fingerprint; then the shipper stops.
+    w.rotate();
+    seen.until(&mut t, Duration::from_secs(5), |_| true);
+    let start = Instant::now();
+    while t.open_files() != 1 || start.elapsed() < Duration::from_millis(300) {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        seen.poll(&mut t, false);
+        t.wait(Duration::from_millis(20)).unwrap();
+    }
+    t.save().unwrap();
+    drop(t);
+    // While down, B fills up and is rotated and compressed too.
+    for seq in 50..150 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut after = Seen::default();
+    after.until(&mut t, Duration::from_secs(10), |s| {
+        s.seqs.last() == Some(&149)
+    });
+    // Nothing of A again: B's entry must not have taken A's .gz for its own.
+    assert_eq!(after.seqs, (50..150).collect::<Vec<_>>());
+}

@@ -15,6 +15,13 @@ use std::path::Path;
 /// How many leading bytes the fingerprint covers (fewer while the file is shorter).
 pub const FINGERPRINT_LEN: usize = 1024;
 
+/// A file is recognised by content alone (its `.gz`, a copy) only with at least this many
+/// bytes fingerprinted: every audit log starts with the same ~80 bytes
+/// (`{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":…,"auditID":`); what tells
+/// two files apart, the first auditID, ends within ~130. A shorter fingerprint (a file
+/// seen while still empty or mid-way through its first line) only confirms an inode.
+pub const MIN_CONTENT_MATCH: u32 = 200;
+
 /// FNV-1a 64 of a file's first `len` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -35,9 +42,10 @@ impl Fingerprint {
         }
     }
 
-    /// An empty file has no content to recognise it by.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Whether it covers enough bytes to recognise a file by content alone
+    /// ([`MIN_CONTENT_MATCH`]).
+    pub fn identifies(&self) -> bool {
+        self.len >= MIN_CONTENT_MATCH
     }
 }
 

@@ -195,13 +195,21 @@ impl Candidate {
         fp
     }
 
-    /// Whether this is the file of `id`: same inode (plain files) or, for `.gz`, same
-    /// decompressed start.
+    /// Whether this is the file of `id`: same inode and start (plain files) or, for `.gz`,
+    /// same decompressed start — only if `id`'s fingerprint is long enough to tell files
+    /// apart by content (an empty file's fingerprint would match every `.gz`).
     fn is(&mut self, id: &FileId) -> bool {
-        if !self.gz && (self.dev, self.ino) != (id.dev, id.ino) {
+        let by_inode = !self.gz && (self.dev, self.ino) == (id.dev, id.ino);
+        if !(by_inode || self.gz && id.fp.identifies()) {
             return false;
         }
         self.fingerprint(id.fp.len) == Some(id.fp)
+    }
+
+    /// Whether this has the same content start as `id` (a copy, a `.gz`), when `id`'s
+    /// fingerprint is long enough to say so.
+    fn same_content(&mut self, id: &FileId) -> bool {
+        id.fp.identifies() && self.fingerprint(id.fp.len) == Some(id.fp)
     }
 }
 
@@ -235,6 +243,11 @@ pub struct Polled {
     /// The read budget ran out with data left: poll again before waiting.
     pub more: bool,
 }
+
+/// File times come from a coarse kernel clock (a tick, a few ms) while "now" is fine: a file
+/// written just after an instant can carry a time just before it. Comparisons of a file's
+/// time with an instant allow this much.
+const CLOCK_SLACK_MICROS: i64 = 2_000_000;
 
 fn now_micros() -> i64 {
     SystemTime::now()
@@ -391,11 +404,7 @@ impl Tailer {
                     // same content: claim it too so it is not read as a new file.
                     let gz = candidates[i].gz;
                     for (j, c) in candidates.iter_mut().enumerate() {
-                        if !claimed[j]
-                            && c.gz != gz
-                            && !e.id.fp.is_empty()
-                            && c.fingerprint(e.id.fp.len) == Some(e.id.fp)
-                        {
+                        if !claimed[j] && c.gz != gz && c.same_content(&e.id) {
                             claimed[j] = true;
                         }
                     }
@@ -405,8 +414,11 @@ impl Tailer {
                 }
                 None if e.done => self.store.remove(e.serial),
                 None => {
+                    // Gone. A file that never held data when last seen cannot have lost any
+                    // that was known; otherwise report what is known (a lower bound unless
+                    // its final size was).
                     let lost = e.size_seen.saturating_sub(e.committed);
-                    if lost > 0 || !e.final_size {
+                    if lost > 0 || (!e.final_size && e.size_seen > 0) {
                         self.gaps.push(Gap {
                             path: e.path.clone(),
                             bytes: lost,
@@ -432,7 +444,7 @@ impl Tailer {
                     StartAt::End => continue,
                 },
                 None => continue,
-                Some(saved) if c.current || c.mtime_micros > saved => 0,
+                Some(saved) if c.current || c.mtime_micros > saved - CLOCK_SLACK_MICROS => 0,
                 Some(_) => continue,
             };
             claimed[i] = true;
@@ -615,7 +627,9 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
-            if c.mtime_micros < self.opened_at || self.known_siblings.contains(&key) {
+            if c.mtime_micros < self.opened_at - CLOCK_SLACK_MICROS
+                || self.known_siblings.contains(&key)
+            {
                 still_known.push(key);
                 continue;
             }
@@ -640,11 +654,14 @@ impl Tailer {
     /// Whether a candidate's content is already followed or recorded (done or not): its
     /// inode (plain) or its fingerprint (a compressed copy, a hard link).
     fn is_known(&self, c: &mut Candidate) -> bool {
-        self.files.iter().any(|t| {
-            c.is(&t.id) || (!t.id.fp.is_empty() && c.fingerprint(t.id.fp.len) == Some(t.id.fp))
-        }) || self.store.entries.iter().any(|e| {
-            c.is(&e.id) || (!e.id.fp.is_empty() && c.fingerprint(e.id.fp.len) == Some(e.id.fp))
-        })
+        self.files
+            .iter()
+            .any(|t| c.is(&t.id) || c.same_content(&t.id))
+            || self
+                .store
+                .entries
+                .iter()
+                .any(|e| c.is(&e.id) || c.same_content(&e.id))
     }
 
     /// Reads what is new and hands it to `on`, oldest file first. While paused it reads
@@ -899,5 +916,47 @@ fn deliver(
                 pos: Position { serial, end },
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    #[test]
+    fn a_gz_is_recognised_by_content_only_with_enough_of_it() {
+        let dir = std::env::temp_dir().join(format!("kas-tail-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..100)
+            .flat_map(|i| format!("{{\"seq\":{i}}}\n").into_bytes())
+            .collect();
+        let gz_path = dir.join("audit-x.log.gz");
+        let mut gz = GzEncoder::new(File::create(&gz_path).unwrap(), Compression::fast());
+        gz.write_all(&content).unwrap();
+        gz.finish().unwrap();
+        let meta = fs::metadata(&gz_path).unwrap();
+        let (dev, ino) = dev_ino(&meta);
+        let mut c = Candidate {
+            path: gz_path,
+            dev,
+            ino,
+            size: meta.len(),
+            mtime_micros: 0,
+            gz: true,
+            current: false,
+            fps: Vec::new(),
+        };
+        let id = |fp| FileId { dev: 1, ino: 2, fp };
+        // A file seen while empty (or with a few bytes) must not match any .gz.
+        assert!(!c.is(&id(Fingerprint::of(&[]))));
+        assert!(!c.is(&id(Fingerprint::of(&content[..50]))));
+        assert!(!c.same_content(&id(Fingerprint::of(&[]))));
+        // With enough content, the .gz of that content is recognised, another is not.
+        assert!(c.is(&id(Fingerprint::of(&content[..300]))));
+        assert!(!c.is(&id(Fingerprint::of(&content[1..301]))));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
