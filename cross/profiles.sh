@@ -4,21 +4,27 @@
 # then runs `bench` on every binary, interleaved, and prints size and throughput.
 #
 #   cross/profiles.sh [--rounds N] [--repeat K] [PROFILE...]
+#   cross/profiles.sh --probe [PROFILE...]
 #
 # PROFILEs: opt3 z s z-hot z-hot-own s-hot-own (default: all). Targets: CROSS_PROFILE_TARGETS
 # (default "aarch64-unknown-linux-musl x86_64-unknown-linux-musl"). Each profile builds in its
 # own target dir (target/cross/profiles/NAME), since every profile change rebuilds std.
 # Throughput is bench's median CPU-time MB/s; x86_64 runs natively, ARM under qemu (emulated:
 # those numbers only compare profiles with each other). Results: target/cross/profiles/results.tsv.
+# --probe: sizes of cross/size-probe instead (extractor + HTTPS sender with rustls/ring in one
+# binary, what the full shipper will link), each run once (seed extract, a POST to a closed
+# local port); results: target/cross/profiles/probe.tsv.
 set -euo pipefail
 # shellcheck source=cross/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 rounds=5
 repeat=3
+probe=0
 names=()
 while [ $# -gt 0 ]; do
     case "$1" in
+        --probe) probe=1; shift ;;
         --rounds) rounds=$2; shift 2 ;;
         --repeat) repeat=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -46,6 +52,33 @@ flags_for() {
 
 base=$CROSS_OUT/profiles
 mkdir -p "$base"
+
+if [ "$probe" -eq 1 ]; then
+    ensure_tools
+    cross_env
+    cd "$CROSS_DIR/size-probe"
+    [ -e Cargo.lock ] || cp "$REPO/Cargo.lock" Cargo.lock    # same versions as the product
+    for n in "${names[@]}"; do
+        mapfile -t flags < <(flags_for "$n")
+        for t in "${targets[@]}"; do
+            step "probe $n $t: ${flags[*]:-(release profile as in Cargo.toml)}"
+            CARGO_TARGET_DIR=$base/$n/probe cargo zigbuild --release -j "$CROSS_JOBS" --target "$t" \
+                -Zbuild-std=std,panic_abort "${flags[@]}" || die "probe $n $t: build failed"
+            bin=$base/$n/$t/size-probe
+            mkdir -p "$(dirname "$bin")"
+            llvm-strip --strip-all -o "$bin" "$base/$n/probe/$t/release/size-probe" || die "llvm-strip failed"
+            file -b "$bin" | grep -Eq 'statically linked|static-pie linked' || die "probe $n $t: not static"
+            runner=$(runner_for "$t")
+            ${runner:+"$runner"} "$bin" extract "$REPO/tests/fixtures/seed/raw.jsonl" >/dev/null \
+                || die "probe $n $t: extract failed"
+            # A closed port on loopback: builds the TLS client config, fails at connect.
+            post=$(${runner:+"$runner"} "$bin" post https://127.0.0.1:9/ key /dev/null 2>&1 || true)
+            echo "post: $post"
+            printf '%s\t%s\t%s\n' "$t" "$n" "$(stat -c %s "$bin")" | tee -a "$base/probe.tsv"
+        done
+    done
+    exit 0
+fi
 for n in "${names[@]}"; do
     mapfile -t flags < <(flags_for "$n")
     step "profile $n: ${flags[*]:-(Cargo.toml as is)}"
