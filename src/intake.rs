@@ -155,17 +155,21 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
+/// The certificates in a PEM file (other items skipped).
+fn pem_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Sender {
     pub fn new(cfg: &IntakeConfig) -> Result<Sender, String> {
         let mut tls = TlsConfig::builder();
         if let Some(ca) = &cfg.ca_file {
-            let pem = read_pem(ca, "CA file")?;
-            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let certs = pem_certs(&read_pem(ca, "CA file")?);
             if certs.is_empty() {
                 return Err(format!(
                     "CA file {}: no PEM certificate in it",
@@ -175,13 +179,7 @@ impl Sender {
             tls = tls.root_certs(RootCerts::new_with_certs(&certs));
         }
         if let Some((cert, key)) = &cfg.client_cert {
-            let pem = read_pem(cert, "client certificate")?;
-            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let chain = pem_certs(&read_pem(cert, "client certificate")?);
             if chain.is_empty() {
                 return Err(format!(
                     "client certificate {}: no PEM certificate in it",
