@@ -35,17 +35,25 @@ done
 [ ${#names[@]} -gt 0 ] || names=(opt3 z s z-hot z-hot-own s-hot-own)
 read -r -a targets <<<"${CROSS_PROFILE_TARGETS:-aarch64-unknown-linux-musl x86_64-unknown-linux-musl}"
 
-# The hot paths: JSON parsing and UTF-8 validation, line splitting, gzip (flate2 → zlib-rs).
+# The hot paths: JSON parsing and UTF-8 validation, line splitting, gzip (flate2 → zlib-rs),
+# and this crate's extractor ("own"). Every profile sets the global level and each of these
+# explicitly, so the results do not depend on what Cargo.toml's [profile.release] holds.
 hot=(simd-json simdutf8 value-trait memchr flate2 zlib-rs)
-hot_flags() { local c; for c in "${hot[@]}"; do printf -- '--config\nprofile.release.package.%s.opt-level=3\n' "$c"; done; }
+own=kube-audit-shipper
+levels() { # GLOBAL HOT OWN
+    local c
+    printf -- '--config\nprofile.release.opt-level=%s\n' "$1"
+    for c in "${hot[@]}"; do printf -- '--config\nprofile.release.package.%s.opt-level=%s\n' "$c" "$2"; done
+    printf -- '--config\nprofile.release.package.%s.opt-level=%s\n' "$own" "$3"
+}
 flags_for() {
     case "$1" in
-        opt3) ;;
-        z) printf -- '--config\nprofile.release.opt-level="z"\n' ;;
-        s) printf -- '--config\nprofile.release.opt-level="s"\n' ;;
-        z-hot) flags_for z; hot_flags ;;
-        z-hot-own) flags_for z-hot; printf -- '--config\nprofile.release.package.kube-audit-shipper.opt-level=3\n' ;;
-        s-hot-own) flags_for s; hot_flags; printf -- '--config\nprofile.release.package.kube-audit-shipper.opt-level=3\n' ;;
+        opt3) levels 3 3 3 ;;
+        z) levels '"z"' '"z"' '"z"' ;;
+        s) levels '"s"' '"s"' '"s"' ;;
+        z-hot) levels '"z"' 3 '"z"' ;;
+        z-hot-own) levels '"z"' 3 3 ;;
+        s-hot-own) levels '"s"' 3 3 ;;
         *) die "unknown profile $1 (known: opt3 z s z-hot z-hot-own s-hot-own)" ;;
     esac
 }
@@ -61,7 +69,7 @@ if [ "$probe" -eq 1 ]; then
     for n in "${names[@]}"; do
         mapfile -t flags < <(flags_for "$n")
         for t in "${targets[@]}"; do
-            step "probe $n $t: ${flags[*]:-(release profile as in Cargo.toml)}"
+            step "probe $n $t: ${flags[*]}"
             CARGO_TARGET_DIR=$base/$n/probe cargo zigbuild --release -j "$CROSS_JOBS" --target "$t" \
                 -Zbuild-std=std,panic_abort "${flags[@]}" || die "probe $n $t: build failed"
             bin=$base/$n/$t/size-probe
@@ -81,7 +89,7 @@ if [ "$probe" -eq 1 ]; then
 fi
 for n in "${names[@]}"; do
     mapfile -t flags < <(flags_for "$n")
-    step "profile $n: ${flags[*]:-(Cargo.toml as is)}"
+    step "profile $n: ${flags[*]}"
     CROSS_CARGO_TARGET_DIR=$base/$n/build bash "$CROSS_DIR/build.sh" --label "$n" "${flags[@]}" "${targets[@]}"
     for t in "${targets[@]}"; do
         mkdir -p "$base/$n/$t"
