@@ -18,8 +18,10 @@
 
 pub mod batch;
 pub mod cmd;
+pub mod config;
 pub mod durable;
 pub mod extract;
+pub mod filter;
 pub mod intake;
 pub mod lines;
 pub mod spool;

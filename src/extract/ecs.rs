@@ -100,7 +100,7 @@ fn present(nodes: &[Node<'_>], index: Option<u32>) -> Option<u32> {
 }
 
 /// The first source IP, when it is a valid IP address.
-fn source_ip<'i>(nodes: &[Node<'i>], f: &Fields) -> Option<&'i str> {
+pub(crate) fn source_ip<'i>(nodes: &[Node<'i>], f: &Fields) -> Option<&'i str> {
     let i = f.source_ips? as usize;
     match (nodes[i], nodes.get(i + 1)) {
         (Node::Array { len, .. }, Some(Node::String(ip))) if len > 0 => {

@@ -249,7 +249,7 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
 /// Appends `s` as a JSON string, cut to at most `cap` bytes of content (at a character
 /// boundary). Non-ASCII text is written as UTF-8, which JSON allows; only what must be
 /// escaped is.
-pub(crate) fn string(out: &mut Vec<u8>, s: &str, cap: usize) {
+pub fn string(out: &mut Vec<u8>, s: &str, cap: usize) {
     let s = if s.len() > cap {
         &s[..s.floor_char_boundary(cap)]
     } else {

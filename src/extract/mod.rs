@@ -17,6 +17,8 @@ mod fields;
 mod json;
 
 pub use fields::Fields;
+/// Appends a string as JSON, cut to a byte cap (for records this crate writes itself).
+pub use json::string as json_string;
 
 use json::Limits;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
@@ -329,6 +331,14 @@ impl<'a> Event<'a> {
         )
     }
 
+    /// The boolean at a located field, if it is one.
+    pub fn boolean(&self, field: Option<u32>) -> Option<bool> {
+        match self.tape.0.get(field? as usize)? {
+            Node::Static(simd_json::StaticNode::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
     /// Tape indexes of the elements of the array at a located field (none if it is absent
     /// or not an array).
     fn elements(&self, field: Option<u32>) -> impl Iterator<Item = usize> + '_ {
@@ -343,6 +353,19 @@ impl<'a> Event<'a> {
             j += json::span(nodes, j);
             at
         })
+    }
+
+    /// The strings in the array at a located field (other elements skipped).
+    pub fn strings(&self, field: Option<u32>) -> impl Iterator<Item = &'a str> + '_ {
+        self.elements(field).filter_map(|j| match self.tape.0[j] {
+            Node::String(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// `sourceIPs[0]` when it is a valid IP address (the ECS `source.ip`).
+    pub fn source_ip(&self) -> Option<&'a str> {
+        ecs::source_ip(&self.tape.0, &self.fields)
     }
 
     /// Whether the array at a located field holds the string `s`.
