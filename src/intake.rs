@@ -74,7 +74,9 @@ pub enum Answer {
     Busy(Option<Duration>),
     /// 401/403/422: the key or the subscription is refused.
     KeyRefused(u16),
-    /// Anything else: status, or a transport error (without secrets).
+    /// Any other HTTP status.
+    Status(u16),
+    /// A transport error: connection, TLS, timeout (the text has no secrets).
     Failed(String),
 }
 
@@ -97,6 +99,8 @@ pub struct Health {
     pub consecutive_failures: u32,
     pub delivered_segments: u64,
     pub delivered_events: u64,
+    /// Compressed bytes delivered.
+    pub delivered_bytes: u64,
     pub split_segments: u64,
     /// Attempts by outcome: 2xx, 413, 429/503, key refused, other failures.
     pub attempts: [u64; 5],
@@ -249,7 +253,7 @@ impl Sender {
             413 => Answer::TooLarge,
             429 | 503 => Answer::Busy(retry_after),
             401 | 403 | 422 => Answer::KeyRefused(code),
-            _ => Answer::Failed(format!("HTTP {code}")),
+            _ => Answer::Status(code),
         }
     }
 
@@ -296,6 +300,7 @@ impl Sender {
                 self.health.consecutive_failures = 0;
                 self.health.delivered_segments += 1;
                 self.health.delivered_events += u64::from(seg.events);
+                self.health.delivered_bytes += seg.bytes;
                 self.backoff.reset();
                 Step::Progress
             }
@@ -337,6 +342,11 @@ impl Sender {
                     KEY_REFUSED_RETRY.as_secs()
                 );
                 Step::Wait(KEY_REFUSED_RETRY)
+            }
+            Answer::Status(code) => {
+                self.health.attempts[4] += 1;
+                drop(s);
+                self.failed(format!("HTTP {code}"))
             }
             Answer::Failed(why) => {
                 self.health.attempts[4] += 1;

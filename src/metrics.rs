@@ -1,0 +1,418 @@
+//! Metrics: counters shared by the reader and sender threads, exported in the Prometheus
+//! text format on `/metrics`, and the `/healthz` verdict (DESIGN.md §2.5, §9).
+//!
+//! Accounting invariant (DESIGN.md §2.5), per log file and per run: every line read ends in
+//! exactly one of
+//!
+//! ```text
+//! lines_read = events_filtered + lines_rejected + lines_too_long + lines_spooled + lines_batched
+//! ```
+//!
+//! where `lines_batched` are lines in a batch not yet sealed (zero after a clean stop), and
+//! the spooled lines then end as shipped, evicted or quarantined (or still queued). Rejected
+//! lines are still forwarded, wrapped and marked, so they are spooled and shipped as events
+//! too; gap records are events of their own. Hence the spool-side counters count *events*
+//! (`events_spooled = lines_spooled + lines_rejected + gap_records`), and a test checks the
+//! sums (tests/e2e.rs).
+//!
+//! The HTTP endpoint is deliberately tiny: one connection at a time, a 2 s read/write timeout,
+//! requests larger than 8 KiB refused. A slow or hostile client delays other scrapers by at
+//! most the timeout and never touches the pipeline, which only updates atomics.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A counter or gauge.
+#[derive(Debug, Default)]
+pub struct Value(AtomicU64);
+
+impl Value {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Attempts by outcome, in the order of [`crate::intake::Health::attempts`].
+pub const ATTEMPT_OUTCOMES: [&str; 5] = ["accepted", "too_large", "busy", "key_refused", "failed"];
+
+/// The numbers of one `logfiles:` entry.
+#[derive(Debug, Default)]
+pub struct FileMetrics {
+    pub file: String,
+    // Reader side.
+    pub lines_read: Value,
+    pub bytes_read: Value,
+    pub events_filtered: Value,
+    /// Per rule, in config order: (rule name, events it ignored).
+    pub rule_hits: Vec<(String, Value)>,
+    /// Not an audit event (not JSON, not an object): forwarded wrapped and marked.
+    pub lines_rejected: Value,
+    /// Over `max_line_bytes`: skipped, reported by a gap record.
+    pub lines_too_long: Value,
+    pub lines_spooled: Value,
+    pub events_truncated: Value,
+    pub events_spooled: Value,
+    pub batches_spooled: Value,
+    pub bytes_spooled_raw: Value,
+    pub bytes_spooled_wire: Value,
+    pub gap_records: Value,
+    /// Bytes of the audit log lost before they were read (rotation, truncation, too long).
+    pub bytes_lost: Value,
+    pub events_evicted: Value,
+    pub segments_evicted: Value,
+    pub spool_write_errors: Value,
+    pub reader_paused: Value,
+    // Sender side.
+    pub events_shipped: Value,
+    pub segments_shipped: Value,
+    pub bytes_wire_shipped: Value,
+    pub segments_split: Value,
+    pub segments_quarantined: Value,
+    pub attempts: [Value; 5],
+    pub key_refused: Value,
+    // Spool gauges (updated by the sender after each step).
+    pub spool_bytes: Value,
+    pub spool_critical_segments: Value,
+    pub spool_bulk_segments: Value,
+    /// Earliest event time of the next segment to send (unix µs), 0 when none.
+    pub next_event_micros: Value,
+    /// Last time (unix µs) the spool was empty or a segment was delivered.
+    pub last_progress_micros: Value,
+}
+
+impl FileMetrics {
+    pub fn new(file: &str, rules: &[String]) -> FileMetrics {
+        let m = FileMetrics {
+            file: file.to_string(),
+            rule_hits: rules.iter().map(|r| (r.clone(), Value::default())).collect(),
+            ..FileMetrics::default()
+        };
+        m.last_progress_micros.set(now_micros());
+        m
+    }
+
+    fn spool_segments(&self) -> u64 {
+        self.spool_critical_segments.get() + self.spool_bulk_segments.get()
+    }
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub files: Vec<Arc<FileMetrics>>,
+    pub unhealthy_after: Duration,
+    pub started_micros: u64,
+}
+
+impl Metrics {
+    pub fn new(files: Vec<Arc<FileMetrics>>, unhealthy_after: Duration) -> Metrics {
+        Metrics {
+            files,
+            unhealthy_after,
+            started_micros: now_micros(),
+        }
+    }
+
+    /// `Ok` when healthy, else every reason.
+    pub fn health(&self, now_micros: u64) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for f in &self.files {
+            let code = f.key_refused.get();
+            if code != 0 {
+                problems.push(format!(
+                    "{}: the intake refuses the intake key (HTTP {code})",
+                    f.file
+                ));
+            }
+            let stalled = now_micros.saturating_sub(f.last_progress_micros.get());
+            if f.spool_segments() > 0 && stalled > self.unhealthy_after.as_micros() as u64 {
+                problems.push(format!(
+                    "{}: the spool ({} segments) has not drained for {} s",
+                    f.file,
+                    f.spool_segments(),
+                    stalled / 1_000_000
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, now_micros: u64) -> String {
+        let mut out = String::with_capacity(8192);
+        type Get = fn(&FileMetrics) -> u64;
+        let series: &[(&str, &str, &str, Get)] = &[
+            ("lines_read_total", "counter", "Lines read from the audit log.", |f| f.lines_read.get()),
+            ("bytes_read_total", "counter", "Bytes of audit log read.", |f| f.bytes_read.get()),
+            ("events_filtered_total", "counter", "Events ignored by OptimizationRules.", |f| f.events_filtered.get()),
+            ("lines_rejected_total", "counter", "Lines that are not audit events (forwarded wrapped and marked).", |f| f.lines_rejected.get()),
+            ("lines_too_long_total", "counter", "Lines over max_line_bytes (skipped, reported as gaps).", |f| f.lines_too_long.get()),
+            ("lines_spooled_total", "counter", "Audit events written to the spool.", |f| f.lines_spooled.get()),
+            ("events_truncated_total", "counter", "Events trimmed to the intake's 250 KiB limit.", |f| f.events_truncated.get()),
+            ("events_spooled_total", "counter", "Events written to the spool (audit events, rejected lines, gap records).", |f| f.events_spooled.get()),
+            ("batches_spooled_total", "counter", "Batches written to the spool.", |f| f.batches_spooled.get()),
+            ("bytes_spooled_raw_total", "counter", "Uncompressed bytes of the spooled batches.", |f| f.bytes_spooled_raw.get()),
+            ("bytes_spooled_wire_total", "counter", "Compressed bytes of the spooled batches.", |f| f.bytes_spooled_wire.get()),
+            ("gap_records_total", "counter", "Gap records queued for the intake.", |f| f.gap_records.get()),
+            ("bytes_lost_total", "counter", "Audit-log bytes lost before being read (lower bound).", |f| f.bytes_lost.get()),
+            ("events_evicted_total", "counter", "Bulk events evicted under the spool cap.", |f| f.events_evicted.get()),
+            ("segments_evicted_total", "counter", "Bulk segments evicted under the spool cap.", |f| f.segments_evicted.get()),
+            ("spool_write_errors_total", "counter", "Failed spool writes (retried).", |f| f.spool_write_errors.get()),
+            ("reader_paused", "gauge", "1 while reading is paused because the spool is full.", |f| f.reader_paused.get()),
+            ("events_shipped_total", "counter", "Events the intake accepted (2xx).", |f| f.events_shipped.get()),
+            ("segments_shipped_total", "counter", "Segments the intake accepted (2xx).", |f| f.segments_shipped.get()),
+            ("bytes_wire_total", "counter", "Compressed bytes the intake accepted.", |f| f.bytes_wire_shipped.get()),
+            ("segments_split_total", "counter", "Segments split after a 413.", |f| f.segments_split.get()),
+            ("segments_quarantined_total", "counter", "Corrupt or unsendable segments quarantined.", |f| f.segments_quarantined.get()),
+            ("intake_key_refused", "gauge", "HTTP status of the last key refusal, 0 when accepted.", |f| f.key_refused.get()),
+            ("spool_bytes", "gauge", "Bytes in the spool.", |f| f.spool_bytes.get()),
+        ];
+        for (name, kind, help, get) in series {
+            family(&mut out, name, kind, help);
+            for f in &self.files {
+                sample(&mut out, name, &[("file", &f.file)], get(f));
+            }
+        }
+        family(&mut out, "spool_segments", "gauge", "Segments in the spool, by class.");
+        for f in &self.files {
+            for (class, v) in [
+                ("critical", &f.spool_critical_segments),
+                ("bulk", &f.spool_bulk_segments),
+            ] {
+                sample(
+                    &mut out,
+                    "spool_segments",
+                    &[("file", &f.file), ("class", class)],
+                    v.get(),
+                );
+            }
+        }
+        family(
+            &mut out,
+            "send_attempts_total",
+            "counter",
+            "POSTs to the intake, by outcome.",
+        );
+        for f in &self.files {
+            for (outcome, v) in ATTEMPT_OUTCOMES.iter().zip(&f.attempts) {
+                sample(
+                    &mut out,
+                    "send_attempts_total",
+                    &[("file", &f.file), ("outcome", outcome)],
+                    v.get(),
+                );
+            }
+        }
+        family(
+            &mut out,
+            "rule_ignored_total",
+            "counter",
+            "Events ignored, by OptimizationRules rule.",
+        );
+        for f in &self.files {
+            for (rule, v) in &f.rule_hits {
+                sample(
+                    &mut out,
+                    "rule_ignored_total",
+                    &[("file", &f.file), ("rule", rule)],
+                    v.get(),
+                );
+            }
+        }
+        family(
+            &mut out,
+            "backlog_age_seconds",
+            "gauge",
+            "Age of the oldest unsent event (by its time), 0 when the spool is empty.",
+        );
+        for f in &self.files {
+            let t = f.next_event_micros.get();
+            let age = if t == 0 { 0 } else { now_micros.saturating_sub(t) / 1_000_000 };
+            sample(&mut out, "backlog_age_seconds", &[("file", &f.file)], age);
+        }
+        family(&mut out, "healthy", "gauge", "1 when /healthz passes.");
+        sample(&mut out, "healthy", &[], u64::from(self.health(now_micros).is_ok()));
+        family(&mut out, "uptime_seconds", "gauge", "Seconds since start.");
+        sample(
+            &mut out,
+            "uptime_seconds",
+            &[],
+            now_micros.saturating_sub(self.started_micros) / 1_000_000,
+        );
+        out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP kas_{name} {help}\n# TYPE kas_{name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
+    out.push_str("kas_");
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, val)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in val.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(&v.to_string());
+    out.push('\n');
+}
+
+/// Largest request accepted (a scraper's GET is a few hundred bytes).
+const MAX_REQUEST: usize = 8 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                if let Err(e) = answer(stream, &metrics) {
+                    log::debug!("metrics connection: {e}");
+                }
+            }
+            Err(e) => {
+                log::warn!("metrics listener: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    let complete = loop {
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
+            || buf[..len].windows(2).any(|w| w == b"\n\n")
+        {
+            break true;
+        }
+        if len == buf.len() {
+            break false;
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => break false,
+            Ok(n) => len += n,
+            Err(e) => return Err(e),
+        }
+    };
+    let (status, kind, body) = if !complete {
+        (
+            if len == buf.len() { "431 Request Header Fields Too Large" } else { "400 Bad Request" },
+            "text/plain",
+            "bad request\n".to_string(),
+        )
+    } else {
+        let head = String::from_utf8_lossy(&buf[..len]);
+        let mut words = head.lines().next().unwrap_or("").split(' ');
+        let (method, target, version) = (words.next(), words.next(), words.next());
+        let path = target.map(|t| t.split('?').next().unwrap_or(t));
+        match (method, path, version) {
+            (Some(m), Some(_), Some(v)) if v.starts_with("HTTP/") && m != "GET" && m != "HEAD" => {
+                ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
+            }
+            (Some(_), Some("/metrics"), Some(v)) if v.starts_with("HTTP/") => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(now_micros()),
+            ),
+            (Some(_), Some("/healthz"), Some(v)) if v.starts_with("HTTP/") => {
+                match metrics.health(now_micros()) {
+                    Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                }
+            }
+            (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") => {
+                ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string())
+            }
+            _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        }
+    };
+    let head_only = buf.starts_with(b"HEAD ");
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_fails_on_a_refused_key_and_a_stalled_spool() {
+        let f = Arc::new(FileMetrics::new("/var/log/audit.log", &[]));
+        let m = Metrics::new(vec![f.clone()], Duration::from_secs(60));
+        let now = f.last_progress_micros.get();
+        assert!(m.health(now).is_ok());
+        f.spool_bulk_segments.set(3);
+        assert!(m.health(now + 59_000_000).is_ok());
+        let e = m.health(now + 61_000_000).unwrap_err();
+        assert!(e.contains("has not drained for 61 s"), "{e}");
+        f.spool_bulk_segments.set(0);
+        assert!(m.health(now + 61_000_000).is_ok(), "an empty spool is fine");
+        f.key_refused.set(401);
+        let e = m.health(now).unwrap_err();
+        assert!(e.contains("HTTP 401"), "{e}");
+    }
+
+    #[test]
+    fn exposition_has_one_family_header_and_escaped_labels() {
+        let f = Arc::new(FileMetrics::new("/logs/\"odd\"\\name", &["kube-proxy".into()]));
+        f.lines_read.add(5);
+        f.rule_hits[0].1.inc();
+        let m = Metrics::new(vec![f], Duration::from_secs(60));
+        let text = m.render(now_micros());
+        assert!(text.contains("kas_lines_read_total{file=\"/logs/\\\"odd\\\"\\\\name\"} 5\n"));
+        assert!(text.contains("kas_rule_ignored_total{file=\"/logs/\\\"odd\\\"\\\\name\",rule=\"kube-proxy\"} 1\n"));
+        assert_eq!(text.matches("# TYPE kas_lines_read_total counter").count(), 1);
+        assert!(text.contains("kas_healthy 1\n"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Records: the events this program writes itself, sent in-band to the intake next to the
+//! audit events (DESIGN.md §2.5, §2.6).
+//!
+//! A **gap record** marks a loss where it happened, so an analyst searching the SIEM sees the
+//! hole instead of a silent absence:
+//!
+//! ```json
+//! {"kind":"KubeAuditShipperGap","message":"kube-audit-shipper on node-1: …",
+//!  "kube_audit_shipper":{"record":"gap","reason":"deleted_before_read","host":"node-1",
+//!   "file":"/var/log/kubernetes/audit/audit-2026-11-24T14-35-36.770.log",
+//!   "lost_bytes":1048576,"exact":false,"detected_at":"2026-11-24T14:40:02.120000Z"}}
+//! ```
+//!
+//! `reason` is one of `deleted_before_read` (rotated away and pruned before it was read),
+//! `truncated` (copytruncate), `too_many_rotated`, `unreadable`, `line_too_long` (a line over
+//! `max_line_bytes`, with `offset`), and `evicted` (bulk events dropped under the spool cap,
+//! with `lost_events` and `first_event_at`). `exact: false` means `lost_bytes` is a lower
+//! bound. The record's batch carries the time of the loss (the evicted events' earliest time,
+//! else the detection time) as its event time.
+//!
+//! An **unparsed record** carries a line that is not an audit event (not JSON, not an object),
+//! so that nothing read is dropped silently: `{"kind":"KubeAuditShipperUnparsed",
+//! "kube_audit_shipper":{"record":"unparsed","error":…,"host":…,"file":…,"offset":…,
+//! "line":"<the line, as a JSON string, cut to fit 250 KiB>","line_bytes":N,"truncated":bool}}`.
+
+use crate::extract::json_string;
+use crate::timestamp::format_micros;
+use std::io::Write;
+use std::path::Path;
+
+/// The node's name, for records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// What was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss<'a> {
+    pub reason: &'a str,
+    pub file: &'a Path,
+    pub bytes: u64,
+    pub exact: bool,
+    /// Events lost, when known (evicted batches).
+    pub events: Option<u64>,
+    /// Offset in the file, when the loss is one place (a too-long line).
+    pub offset: Option<u64>,
+    /// When the lost events happened, if known (unix µs).
+    pub first_event_at: Option<i64>,
+    pub detail: Option<&'a str>,
+}
+
+/// Appends a gap record (no newline).
+pub fn gap(out: &mut Vec<u8>, host: &str, loss: &Loss<'_>, now_micros: i64) {
+    let file = loss.file.to_string_lossy();
+    let what = match loss.events {
+        Some(n) => format!("{n} events"),
+        None => format!(
+            "{}{} bytes",
+            if loss.exact { "" } else { "at least " },
+            loss.bytes
+        ),
+    };
+    let message = format!(
+        "kube-audit-shipper on {host}: {what} of {file} lost ({})",
+        loss.reason.replace('_', " ")
+    );
+    out.extend_from_slice(b"{\"kind\":\"KubeAuditShipperGap\",\"message\":");
+    json_string(out, &message, usize::MAX);
+    out.extend_from_slice(b",\"kube_audit_shipper\":{\"record\":\"gap\",\"reason\":");
+    json_string(out, loss.reason, usize::MAX);
+    out.extend_from_slice(b",\"host\":");
+    json_string(out, host, usize::MAX);
+    out.extend_from_slice(b",\"file\":");
+    json_string(out, &file, 4096);
+    let _ = write!(
+        out,
+        ",\"lost_bytes\":{},\"exact\":{}",
+        loss.bytes, loss.exact
+    );
+    if let Some(n) = loss.events {
+        let _ = write!(out, ",\"lost_events\":{n}");
+    }
+    if let Some(o) = loss.offset {
+        let _ = write!(out, ",\"offset\":{o}");
+    }
+    if let Some(t) = loss.first_event_at {
+        let _ = write!(out, ",\"first_event_at\":\"{}\"", format_micros(t));
+    }
+    if let Some(d) = loss.detail {
+        out.extend_from_slice(b",\"detail\":");
+        json_string(out, d, 4096);
+    }
+    let _ = write!(
+        out,
+        ",\"detected_at\":\"{}\"}}}}",
+        format_micros(now_micros)
+    );
+}
+
+/// Appends an unparsed record for `line` (no newline), at most `max_bytes` long.
+pub fn unparsed(
+    out: &mut Vec<u8>,
+    host: &str,
+    file: &Path,
+    offset: u64,
+    error: &str,
+    line: &[u8],
+    max_bytes: usize,
+) {
+    let start = out.len();
+    out.extend_from_slice(b"{\"kind\":\"KubeAuditShipperUnparsed\",\"kube_audit_shipper\":{\"record\":\"unparsed\",\"error\":");
+    json_string(out, error, 1024);
+    out.extend_from_slice(b",\"host\":");
+    json_string(out, host, 256);
+    out.extend_from_slice(b",\"file\":");
+    json_string(out, &file.to_string_lossy(), 4096);
+    let _ = write!(out, ",\"offset\":{offset},\"line_bytes\":{},\"line\":", line.len());
+    let text = String::from_utf8_lossy(line);
+    // Escaping can grow the text up to 6×; cut it so the record fits (closing bytes kept).
+    let room = max_bytes.saturating_sub(out.len() - start + 40);
+    let mut cap = room.min(text.len());
+    loop {
+        let mark = out.len();
+        json_string(out, &text, cap);
+        if out.len() - start + 40 <= max_bytes || cap == 0 {
+            break;
+        }
+        out.truncate(mark);
+        cap /= 2;
+    }
+    let _ = write!(out, ",\"truncated\":{}}}}}", cap < text.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+    }
+
+    #[test]
+    fn a_gap_record_is_json_and_says_what_was_lost() {
+        let mut out = Vec::new();
+        let loss = Loss {
+            reason: "evicted",
+            file: Path::new("/var/log/k\"8s/audit.log"),
+            bytes: 5000,
+            exact: true,
+            events: Some(42),
+            offset: None,
+            first_event_at: Some(1_795_000_000_000_000),
+            detail: None,
+        };
+        gap(&mut out, "node-1", &loss, 1_795_000_100_000_000);
+        let v = json(&out);
+        assert_eq!(v["kind"], "KubeAuditShipperGap");
+        let k = &v["kube_audit_shipper"];
+        assert_eq!(k["reason"], "evicted");
+        assert_eq!(k["lost_events"], 42);
+        assert_eq!(k["file"], "/var/log/k\"8s/audit.log");
+        assert!(v["message"].as_str().unwrap().contains("42 events"));
+        assert!(k["first_event_at"].as_str().unwrap().starts_with("2026-"));
+    }
+
+    #[test]
+    fn an_unparsed_record_keeps_the_line_within_the_limit() {
+        let mut out = Vec::new();
+        let line = b"not json \"quoted\" \x01\xff";
+        unparsed(&mut out, "n", Path::new("/a.log"), 7, "expected an object", line, 250 * 1024);
+        let v = json(&out);
+        assert_eq!(v["kube_audit_shipper"]["line"], "not json \"quoted\" \u{1}\u{fffd}");
+        assert_eq!(v["kube_audit_shipper"]["truncated"], false);
+        // A huge line of characters that escape to 6 bytes each still fits.
+        let big = vec![1u8; 1 << 20];
+        out.clear();
+        unparsed(&mut out, "n", Path::new("/a.log"), 0, "e", &big, 250 * 1024);
+        assert!(out.len() <= 250 * 1024, "{}", out.len());
+        let v = json(&out);
+        assert_eq!(v["kube_audit_shipper"]["truncated"], true);
+        assert_eq!(v["kube_audit_shipper"]["line_bytes"], 1 << 20);
+    }
+}
