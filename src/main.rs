@@ -11,11 +11,19 @@ const USAGE: &str = "\
 kube-audit-shipper — ships Kubernetes API-server audit logs to SEKOIA.IO
 
 Usage:
+  kube-audit-shipper run --config FILE
+  kube-audit-shipper check --config FILE
   kube-audit-shipper extract [--format audit|ecs|raw] [--strict] [--max-line-bytes N] [FILE...]
   kube-audit-shipper bench [--rounds N] [--level 1-9] FILE
   kube-audit-shipper --help | --version
 
 Commands:
+  run       The service: follow the audit logs of FILE's `logfiles:` (across rotation and
+            compression), keep batches in a crash-safe spool under `state_dir`, send them to
+            the SEKOIA.IO intake. Stops cleanly on SIGTERM/SIGINT. FILE is the Sekoia agent's
+            YAML (`logfiles:` with `filepath` and `intakekey`) plus optional keys (README).
+  check     Validate FILE, list the files each entry matches, reach each intake (TLS and an
+            empty authenticated batch), print what `run` would do. Exit 1 on any problem.
   extract   Read audit-log lines from FILEs (or stdin, or -) and write one JSON line per
             event to stdout: `audit` (default) is the event pruned to what the SEKOIA.IO
             parser reads, `ecs` the document the intake would produce, `raw` the line as
@@ -26,6 +34,7 @@ Commands:
             the event rate found in FILE.
 
 Options:
+  --config FILE         run, check: the configuration file
   --format F            output form of extract (audit, ecs, raw)
   --strict              extract: exit non-zero at the first line that is not an event
   --max-line-bytes N    longest line accepted (default 8 MiB)
@@ -34,11 +43,22 @@ Options:
   -h, --help            this text
   -V, --version         version
 
-Logging: RUST_LOG=debug|info|warn|error (default warn).
+Logging: RUST_LOG=debug|info|warn|error (default info for run, warn otherwise).
 ";
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let service = std::env::args().nth(1).is_some_and(|c| c == "run");
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if service {
+            "info"
+        } else {
+            "warn"
+        }));
+    // Under systemd the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logger.format_timestamp(None);
+    }
+    logger.init();
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -63,9 +83,59 @@ fn run() -> Result<ExitCode, String> {
         Some(other) => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
     };
     match command.as_str() {
+        "run" => run_service(args),
+        "check" => run_check(args),
         "extract" => run_extract(args),
         "bench" => run_bench(args),
         other => Err(format!("unknown command {other:?}; see --help")),
+    }
+}
+
+/// `--config FILE`, the only option of `run` and `check`.
+fn config_arg(mut args: lexopt::Parser) -> Result<Option<std::path::PathBuf>, String> {
+    let mut config = None;
+    while let Some(arg) = args.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") | Short('c') => {
+                config = Some(std::path::PathBuf::from(
+                    args.value().map_err(|e| e.to_string())?,
+                ))
+            }
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    config
+        .map(Some)
+        .ok_or_else(|| "--config FILE is required (the YAML with `logfiles:`)".to_string())
+}
+
+fn run_service(args: lexopt::Parser) -> Result<ExitCode, String> {
+    let Some(path) = config_arg(args)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cfg = kube_audit_shipper::config::Config::load(&path)?;
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
+    kube_audit_shipper::run::run(&cfg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_check(args: lexopt::Parser) -> Result<ExitCode, String> {
+    let Some(path) = config_arg(args)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    match kube_audit_shipper::cmd::check::run(&path) {
+        Ok(true) => Ok(ExitCode::SUCCESS),
+        Ok(false) => Ok(ExitCode::from(1)),
+        Err(e) => {
+            println!("{e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 

@@ -96,7 +96,10 @@ impl FileMetrics {
     pub fn new(file: &str, rules: &[String]) -> FileMetrics {
         let m = FileMetrics {
             file: file.to_string(),
-            rule_hits: rules.iter().map(|r| (r.clone(), Value::default())).collect(),
+            rule_hits: rules
+                .iter()
+                .map(|r| (r.clone(), Value::default()))
+                .collect(),
             ..FileMetrics::default()
         };
         m.last_progress_micros.set(now_micros());
@@ -163,30 +166,147 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         type Get = fn(&FileMetrics) -> u64;
         let series: &[(&str, &str, &str, Get)] = &[
-            ("lines_read_total", "counter", "Lines read from the audit log.", |f| f.lines_read.get()),
-            ("bytes_read_total", "counter", "Bytes of audit log read.", |f| f.bytes_read.get()),
-            ("events_filtered_total", "counter", "Events ignored by OptimizationRules.", |f| f.events_filtered.get()),
-            ("lines_rejected_total", "counter", "Lines that are not audit events (forwarded wrapped and marked).", |f| f.lines_rejected.get()),
-            ("lines_too_long_total", "counter", "Lines over max_line_bytes (skipped, reported as gaps).", |f| f.lines_too_long.get()),
-            ("lines_spooled_total", "counter", "Audit events written to the spool.", |f| f.lines_spooled.get()),
-            ("events_truncated_total", "counter", "Events trimmed to the intake's 250 KiB limit.", |f| f.events_truncated.get()),
-            ("events_spooled_total", "counter", "Events written to the spool (audit events, rejected lines, gap records).", |f| f.events_spooled.get()),
-            ("batches_spooled_total", "counter", "Batches written to the spool.", |f| f.batches_spooled.get()),
-            ("bytes_spooled_raw_total", "counter", "Uncompressed bytes of the spooled batches.", |f| f.bytes_spooled_raw.get()),
-            ("bytes_spooled_wire_total", "counter", "Compressed bytes of the spooled batches.", |f| f.bytes_spooled_wire.get()),
-            ("gap_records_total", "counter", "Gap records queued for the intake.", |f| f.gap_records.get()),
-            ("bytes_lost_total", "counter", "Audit-log bytes lost before being read (lower bound).", |f| f.bytes_lost.get()),
-            ("events_evicted_total", "counter", "Bulk events evicted under the spool cap.", |f| f.events_evicted.get()),
-            ("segments_evicted_total", "counter", "Bulk segments evicted under the spool cap.", |f| f.segments_evicted.get()),
-            ("spool_write_errors_total", "counter", "Failed spool writes (retried).", |f| f.spool_write_errors.get()),
-            ("reader_paused", "gauge", "1 while reading is paused because the spool is full.", |f| f.reader_paused.get()),
-            ("events_shipped_total", "counter", "Events the intake accepted (2xx).", |f| f.events_shipped.get()),
-            ("segments_shipped_total", "counter", "Segments the intake accepted (2xx).", |f| f.segments_shipped.get()),
-            ("bytes_wire_total", "counter", "Compressed bytes the intake accepted.", |f| f.bytes_wire_shipped.get()),
-            ("segments_split_total", "counter", "Segments split after a 413.", |f| f.segments_split.get()),
-            ("segments_quarantined_total", "counter", "Corrupt or unsendable segments quarantined.", |f| f.segments_quarantined.get()),
-            ("intake_key_refused", "gauge", "HTTP status of the last key refusal, 0 when accepted.", |f| f.key_refused.get()),
-            ("spool_bytes", "gauge", "Bytes in the spool.", |f| f.spool_bytes.get()),
+            (
+                "lines_read_total",
+                "counter",
+                "Lines read from the audit log.",
+                |f| f.lines_read.get(),
+            ),
+            (
+                "bytes_read_total",
+                "counter",
+                "Bytes of audit log read.",
+                |f| f.bytes_read.get(),
+            ),
+            (
+                "events_filtered_total",
+                "counter",
+                "Events ignored by OptimizationRules.",
+                |f| f.events_filtered.get(),
+            ),
+            (
+                "lines_rejected_total",
+                "counter",
+                "Lines that are not audit events (forwarded wrapped and marked).",
+                |f| f.lines_rejected.get(),
+            ),
+            (
+                "lines_too_long_total",
+                "counter",
+                "Lines over max_line_bytes (skipped, reported as gaps).",
+                |f| f.lines_too_long.get(),
+            ),
+            (
+                "lines_spooled_total",
+                "counter",
+                "Audit events written to the spool.",
+                |f| f.lines_spooled.get(),
+            ),
+            (
+                "events_truncated_total",
+                "counter",
+                "Events trimmed to the intake's 250 KiB limit.",
+                |f| f.events_truncated.get(),
+            ),
+            (
+                "events_spooled_total",
+                "counter",
+                "Events written to the spool (audit events, rejected lines, gap records).",
+                |f| f.events_spooled.get(),
+            ),
+            (
+                "batches_spooled_total",
+                "counter",
+                "Batches written to the spool.",
+                |f| f.batches_spooled.get(),
+            ),
+            (
+                "bytes_spooled_raw_total",
+                "counter",
+                "Uncompressed bytes of the spooled batches.",
+                |f| f.bytes_spooled_raw.get(),
+            ),
+            (
+                "bytes_spooled_wire_total",
+                "counter",
+                "Compressed bytes of the spooled batches.",
+                |f| f.bytes_spooled_wire.get(),
+            ),
+            (
+                "gap_records_total",
+                "counter",
+                "Gap records queued for the intake.",
+                |f| f.gap_records.get(),
+            ),
+            (
+                "bytes_lost_total",
+                "counter",
+                "Audit-log bytes lost before being read (lower bound).",
+                |f| f.bytes_lost.get(),
+            ),
+            (
+                "events_evicted_total",
+                "counter",
+                "Bulk events evicted under the spool cap.",
+                |f| f.events_evicted.get(),
+            ),
+            (
+                "segments_evicted_total",
+                "counter",
+                "Bulk segments evicted under the spool cap.",
+                |f| f.segments_evicted.get(),
+            ),
+            (
+                "spool_write_errors_total",
+                "counter",
+                "Failed spool writes (retried).",
+                |f| f.spool_write_errors.get(),
+            ),
+            (
+                "reader_paused",
+                "gauge",
+                "1 while reading is paused because the spool is full.",
+                |f| f.reader_paused.get(),
+            ),
+            (
+                "events_shipped_total",
+                "counter",
+                "Events the intake accepted (2xx).",
+                |f| f.events_shipped.get(),
+            ),
+            (
+                "segments_shipped_total",
+                "counter",
+                "Segments the intake accepted (2xx).",
+                |f| f.segments_shipped.get(),
+            ),
+            (
+                "bytes_wire_total",
+                "counter",
+                "Compressed bytes the intake accepted.",
+                |f| f.bytes_wire_shipped.get(),
+            ),
+            (
+                "segments_split_total",
+                "counter",
+                "Segments split after a 413.",
+                |f| f.segments_split.get(),
+            ),
+            (
+                "segments_quarantined_total",
+                "counter",
+                "Corrupt or unsendable segments quarantined.",
+                |f| f.segments_quarantined.get(),
+            ),
+            (
+                "intake_key_refused",
+                "gauge",
+                "HTTP status of the last key refusal, 0 when accepted.",
+                |f| f.key_refused.get(),
+            ),
+            ("spool_bytes", "gauge", "Bytes in the spool.", |f| {
+                f.spool_bytes.get()
+            }),
         ];
         for (name, kind, help, get) in series {
             family(&mut out, name, kind, help);
@@ -194,7 +314,12 @@ impl Metrics {
                 sample(&mut out, name, &[("file", &f.file)], get(f));
             }
         }
-        family(&mut out, "spool_segments", "gauge", "Segments in the spool, by class.");
+        family(
+            &mut out,
+            "spool_segments",
+            "gauge",
+            "Segments in the spool, by class.",
+        );
         for f in &self.files {
             for (class, v) in [
                 ("critical", &f.spool_critical_segments),
@@ -248,11 +373,20 @@ impl Metrics {
         );
         for f in &self.files {
             let t = f.next_event_micros.get();
-            let age = if t == 0 { 0 } else { now_micros.saturating_sub(t) / 1_000_000 };
+            let age = if t == 0 {
+                0
+            } else {
+                now_micros.saturating_sub(t) / 1_000_000
+            };
             sample(&mut out, "backlog_age_seconds", &[("file", &f.file)], age);
         }
         family(&mut out, "healthy", "gauge", "1 when /healthz passes.");
-        sample(&mut out, "healthy", &[], u64::from(self.health(now_micros).is_ok()));
+        sample(
+            &mut out,
+            "healthy",
+            &[],
+            u64::from(self.health(now_micros).is_ok()),
+        );
         family(&mut out, "uptime_seconds", "gauge", "Seconds since start.");
         sample(
             &mut out,
@@ -340,7 +474,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     };
     let (status, kind, body) = if !complete {
         (
-            if len == buf.len() { "431 Request Header Fields Too Large" } else { "400 Bad Request" },
+            if len == buf.len() {
+                "431 Request Header Fields Too Large"
+            } else {
+                "400 Bad Request"
+            },
             "text/plain",
             "bad request\n".to_string(),
         )
@@ -350,9 +488,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         let (method, target, version) = (words.next(), words.next(), words.next());
         let path = target.map(|t| t.split('?').next().unwrap_or(t));
         match (method, path, version) {
-            (Some(m), Some(_), Some(v)) if v.starts_with("HTTP/") && m != "GET" && m != "HEAD" => {
-                ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
-            }
+            (Some(m), Some(_), Some(v)) if v.starts_with("HTTP/") && m != "GET" && m != "HEAD" => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET\n".to_string(),
+            ),
             (Some(_), Some("/metrics"), Some(v)) if v.starts_with("HTTP/") => (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -364,9 +504,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
                     Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
                 }
             }
-            (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") => {
-                ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string())
-            }
+            (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") => (
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /healthz\n".to_string(),
+            ),
             _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         }
     };
@@ -405,14 +547,22 @@ mod tests {
 
     #[test]
     fn exposition_has_one_family_header_and_escaped_labels() {
-        let f = Arc::new(FileMetrics::new("/logs/\"odd\"\\name", &["kube-proxy".into()]));
+        let f = Arc::new(FileMetrics::new(
+            "/logs/\"odd\"\\name",
+            &["kube-proxy".into()],
+        ));
         f.lines_read.add(5);
         f.rule_hits[0].1.inc();
         let m = Metrics::new(vec![f], Duration::from_secs(60));
         let text = m.render(now_micros());
         assert!(text.contains("kas_lines_read_total{file=\"/logs/\\\"odd\\\"\\\\name\"} 5\n"));
-        assert!(text.contains("kas_rule_ignored_total{file=\"/logs/\\\"odd\\\"\\\\name\",rule=\"kube-proxy\"} 1\n"));
-        assert_eq!(text.matches("# TYPE kas_lines_read_total counter").count(), 1);
+        assert!(text.contains(
+            "kas_rule_ignored_total{file=\"/logs/\\\"odd\\\"\\\\name\",rule=\"kube-proxy\"} 1\n"
+        ));
+        assert_eq!(
+            text.matches("# TYPE kas_lines_read_total counter").count(),
+            1
+        );
         assert!(text.contains("kas_healthy 1\n"));
     }
 }

@@ -118,7 +118,11 @@ pub fn unparsed(
     json_string(out, host, 256);
     out.extend_from_slice(b",\"file\":");
     json_string(out, &file.to_string_lossy(), 4096);
-    let _ = write!(out, ",\"offset\":{offset},\"line_bytes\":{},\"line\":", line.len());
+    let _ = write!(
+        out,
+        ",\"offset\":{offset},\"line_bytes\":{},\"line\":",
+        line.len()
+    );
     let text = String::from_utf8_lossy(line);
     // Escaping can grow the text up to 6×; cut it so the record fits (closing bytes kept).
     let room = max_bytes.saturating_sub(out.len() - start + 40);
@@ -140,7 +144,8 @@ mod tests {
     use super::*;
 
     fn json(bytes: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
     }
 
     #[test]
@@ -171,9 +176,20 @@ mod tests {
     fn an_unparsed_record_keeps_the_line_within_the_limit() {
         let mut out = Vec::new();
         let line = b"not json \"quoted\" \x01\xff";
-        unparsed(&mut out, "n", Path::new("/a.log"), 7, "expected an object", line, 250 * 1024);
+        unparsed(
+            &mut out,
+            "n",
+            Path::new("/a.log"),
+            7,
+            "expected an object",
+            line,
+            250 * 1024,
+        );
         let v = json(&out);
-        assert_eq!(v["kube_audit_shipper"]["line"], "not json \"quoted\" \u{1}\u{fffd}");
+        assert_eq!(
+            v["kube_audit_shipper"]["line"],
+            "not json \"quoted\" \u{1}\u{fffd}"
+        );
         assert_eq!(v["kube_audit_shipper"]["truncated"], false);
         // A huge line of characters that escape to 6 bytes each still fits.
         let big = vec![1u8; 1 << 20];

@@ -637,6 +637,16 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
+            if c.gz
+                && Source::open_at(&c.path, 0)
+                    .and_then(|src| prefix(src, file::FINGERPRINT_LEN))
+                    .is_err()
+            {
+                // A `.gz` still being written (the rotated file is compressed right after
+                // the rename): look again at the next scan, once it is complete.
+                log::debug!("{} is incomplete; checked again later", c.path.display());
+                continue;
+            }
             log::warn!(
                 "{} was created and rotated between two scans; reading it from its start",
                 c.path.display()

@@ -1,0 +1,253 @@
+//! The quick start: `cargo run --release --example demo`.
+//!
+//! Runs the real service (`kube-audit-shipper run`, release build, as a child process)
+//! against a local HTTPS intake emulator (certificates made at start), while an
+//! apiserver-like writer replays the real audit events of `tests/fixtures/` — fresh
+//! auditIDs, current timestamps — into an `audit.log` that rotates and compresses the way
+//! kube-apiserver's does. Then it stops the service with SIGTERM and prints what happened:
+//! events written and received, lost (must be 0), duplicates, raw bytes → bytes on the wire,
+//! and the service's CPU time and peak RSS (from wait4).
+//!
+//! Options (environment): DEMO_EVENTS (default 40000), DEMO_RATE events/s (default 4000).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use kube_audit_shipper::timestamp::format_micros;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::apiserver::AuditWriter;
+use support::intake::{Emulator, Options};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Replaces the JSON string value of `key` in a compact audit line.
+fn set_string(line: &mut String, key: &str, value: &str) {
+    let pat = format!("\"{key}\":\"");
+    if let Some(start) = line.find(&pat).map(|i| i + pat.len())
+        && let Some(len) = line[start..].find('"')
+    {
+        line.replace_range(start..start + len, value);
+    }
+}
+
+fn main() {
+    let events = env_or("DEMO_EVENTS", 40_000);
+    let rate = env_or("DEMO_RATE", 4_000).max(1);
+    let work = std::env::temp_dir().join(format!("kube-audit-shipper-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work directory");
+
+    eprintln!("building the release binary…");
+    let binary = build_binary();
+
+    let intake = Emulator::start(&work.join("intake"), Options::default());
+    let key = Options::default().key;
+    let logs = work.join("logs");
+    let mut writer = AuditWriter::new(&logs, 4 * 1024 * 1024, 5, true);
+    let metrics_port = free_port();
+    let config = work.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "logfiles:\n  - filepath: {}\n    intakekey: {key}\nintake_url: {}\nca_file: {}\n\
+             state_dir: {}\nmetrics_address: 127.0.0.1:{metrics_port}\n",
+            writer.path().display(),
+            intake.url,
+            intake.ca_file.display(),
+            work.join("state").display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start kube-audit-shipper");
+
+    // Replay the real samples with fresh IDs and times, at `rate` events/s.
+    let samples = support::corpus::samples();
+    let mut written: HashMap<String, u32> = HashMap::new();
+    let mut raw_bytes = 0u64;
+    let started = Instant::now();
+    eprintln!(
+        "writing {events} audit events at {rate}/s into {} (rotating at 4 MiB, 5 gzip backups)…",
+        writer.path().display()
+    );
+    for i in 0..events {
+        let mut line = samples[(i as usize) % samples.len()].clone();
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), i);
+        set_string(&mut line, "auditID", &id);
+        let t = format_micros(now_micros());
+        set_string(&mut line, "requestReceivedTimestamp", &t);
+        set_string(&mut line, "stageTimestamp", &t);
+        let stage = support::json(&line)["stage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        *written.entry(format!("{id}/{stage}")).or_default() += 1;
+        raw_bytes += line.len() as u64 + 1;
+        writer.write_line(&line);
+        let due = started + Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+
+    // Wait until every event arrived (or 60 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while intake.events().len() < written.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = http_get(metrics_port, "/metrics");
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling and reaping our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, usage) = wait4(pid);
+    let _ = child.try_wait();
+
+    let mut received: HashMap<String, u32> = HashMap::new();
+    for e in intake.events() {
+        let v = support::json(&e);
+        let id = v["auditID"].as_str().unwrap_or_default();
+        let stage = v["stage"].as_str().unwrap_or_default();
+        *received.entry(format!("{id}/{stage}")).or_default() += 1;
+    }
+    let lost = written
+        .keys()
+        .filter(|k| !received.contains_key(*k))
+        .count();
+    let dups: u32 = received.values().map(|n| n.saturating_sub(1)).sum();
+    let requests = intake.requests();
+    let wire: usize = requests
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .map(|r| r.body_bytes)
+        .sum();
+    let cpu = usage.ru_utime.tv_sec as f64
+        + usage.ru_utime.tv_usec as f64 / 1e6
+        + usage.ru_stime.tv_sec as f64
+        + usage.ru_stime.tv_usec as f64 / 1e6;
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("kas_{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+
+    println!();
+    println!("kube-audit-shipper demo — {}", binary.display());
+    println!(
+        "  audit log       {} events, {:.1} MB raw, {} rotations (gzip), {:.1} s of writing",
+        written.len(),
+        raw_bytes as f64 / 1e6,
+        writer.rotations,
+        write_secs
+    );
+    println!(
+        "  intake received {} events in {} requests ({} accepted)",
+        received.len(),
+        requests.len(),
+        requests.iter().filter(|r| r.status == 200).count()
+    );
+    println!("  lost            {lost}");
+    println!("  duplicates      {dups}");
+    println!(
+        "  raw → wire      {:.1} MB → {:.2} MB ({:.2}% of raw)",
+        raw_bytes as f64 / 1e6,
+        wire as f64 / 1e6,
+        100.0 * wire as f64 / raw_bytes as f64
+    );
+    println!(
+        "  service CPU     {cpu:.2} s ({:.2} CPU-s per GB of audit log)",
+        cpu / (raw_bytes as f64 / 1e9)
+    );
+    println!(
+        "  service peak RSS {:.1} MiB",
+        usage.ru_maxrss as f64 / 1024.0
+    );
+    println!(
+        "  metrics         lines_read {} · shipped {} · filtered {} · rejected {} · gap records {}",
+        metric("lines_read_total"),
+        metric("events_shipped_total"),
+        metric("events_filtered_total"),
+        metric("lines_rejected_total"),
+        metric("gap_records_total")
+    );
+    println!("  exit            {status} after SIGTERM");
+    let _ = std::fs::remove_dir_all(&work);
+    if lost > 0 || status != 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Builds the release binary with the cargo that runs this example.
+fn build_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "kube-audit-shipper",
+        ])
+        .current_dir(manifest)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("target"), PathBuf::from);
+    target.join("release").join("kube-audit-shipper")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Waits for the child; its exit status and resource usage.
+fn wait4(pid: libc::pid_t) -> (i32, libc::rusage) {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    (code, usage)
+}
