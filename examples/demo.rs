@@ -13,11 +13,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use kube_audit_shipper::timestamp::format_micros;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::apiserver::AuditWriter;
 use support::intake::{Emulator, Options};
 
@@ -26,22 +25,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// Replaces the JSON string value of `key` in a compact audit line.
-fn set_string(line: &mut String, key: &str, value: &str) {
-    let pat = format!("\"{key}\":\"");
-    if let Some(start) = line.find(&pat).map(|i| i + pat.len())
-        && let Some(len) = line[start..].find('"')
-    {
-        line.replace_range(start..start + len, value);
-    }
 }
 
 fn main() {
@@ -90,17 +73,8 @@ fn main() {
         writer.path().display()
     );
     for i in 0..events {
-        let mut line = samples[(i as usize) % samples.len()].clone();
-        let id = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), i);
-        set_string(&mut line, "auditID", &id);
-        let t = format_micros(now_micros());
-        set_string(&mut line, "requestReceivedTimestamp", &t);
-        set_string(&mut line, "stageTimestamp", &t);
-        let stage = support::json(&line)["stage"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        *written.entry(format!("{id}/{stage}")).or_default() += 1;
+        let (line, identity) = support::apiserver::fresh_event(&samples, std::process::id(), i);
+        *written.entry(identity).or_default() += 1;
         raw_bytes += line.len() as u64 + 1;
         writer.write_line(&line);
         let due = started + Duration::from_secs_f64((i + 1) as f64 / rate as f64);

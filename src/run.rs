@@ -185,7 +185,7 @@ impl Stage {
         self.raw.extend_from_slice(&buf[..len]);
         self.out.clear();
         let max = self.extractor.max_event_bytes();
-        let (class, ts) = match self.extractor.parse(buf, len) {
+        let (class, ts, is_event) = match self.extractor.parse(buf, len) {
             Ok(mut event) => {
                 if let Some(i) = filter::ignored_by(&self.rules, &event) {
                     self.m.events_filtered.inc();
@@ -207,7 +207,7 @@ impl Stage {
                         self.m.events_truncated.inc();
                     }
                 }
-                (class, ts)
+                (class, ts, true)
             }
             Err(e) => {
                 self.m.lines_rejected.inc();
@@ -226,10 +226,10 @@ impl Stage {
                     max,
                 );
                 // Unknown content: never evicted.
-                (Class::Critical, None)
+                (Class::Critical, None, false)
             }
         };
-        self.add(class, ts, Some((pos.serial, offset, pos.end)), true);
+        self.add(class, ts, Some((pos.serial, offset, pos.end)), is_event);
     }
 
     /// Queues a gap record.
@@ -246,8 +246,15 @@ impl Stage {
         );
     }
 
-    /// Adds `self.out` to the batch of `class`; `mark` is the line's (file, start, end).
-    fn add(&mut self, class: Class, ts: Option<i64>, mark: Option<(u64, u64, u64)>, line: bool) {
+    /// Adds `self.out` to the batch of `class`; `mark` is the line's (file, start, end);
+    /// `is_event`: an audit event (counted as a spooled line), not a record.
+    fn add(
+        &mut self,
+        class: Class,
+        ts: Option<i64>,
+        mark: Option<(u64, u64, u64)>,
+        is_event: bool,
+    ) {
         let k = slot(class);
         match self.batcher.add(class, &self.out, ts, Instant::now()) {
             Ok(Some(sealed)) => self.seal(k, sealed),
@@ -260,7 +267,7 @@ impl Stage {
             mark_first(&mut self.open_marks[k], serial, start);
             mark_last(&mut self.read_upto, serial, end);
         }
-        if line {
+        if is_event {
             self.open_lines[k] += 1;
         }
     }

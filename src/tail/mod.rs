@@ -647,7 +647,7 @@ impl Tailer {
                 log::debug!("{} is incomplete; checked again later", c.path.display());
                 continue;
             }
-            log::warn!(
+            log::info!(
                 "{} was created and rotated between two scans; reading it from its start",
                 c.path.display()
             );

@@ -140,3 +140,37 @@ pub fn seq_of(line: &[u8]) -> u64 {
     let end = start + s[start..].find(',').unwrap();
     s[start..end].parse().unwrap()
 }
+
+/// Replaces the JSON string value of `key` in a compact audit line.
+pub fn set_string(line: &mut String, key: &str, value: &str) {
+    let pat = format!("\"{key}\":\"");
+    if let Some(start) = line.find(&pat).map(|i| i + pat.len())
+        && let Some(len) = line[start..].find('"')
+    {
+        line.replace_range(start..start + len, value);
+    }
+}
+
+/// The string value of `key` in a compact audit line.
+pub fn get_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// Sample `i` (cyclically) made a new event: auditID unique to (`tag`, `i`), times now.
+/// Returns the line and its identity, `auditID/stage`.
+pub fn fresh_event(samples: &[String], tag: u32, i: u64) -> (String, String) {
+    let mut line = samples[(i as usize) % samples.len()].clone();
+    let id = format!("{tag:08x}-0000-4000-8000-{i:012x}");
+    set_string(&mut line, "auditID", &id);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let t = kube_audit_shipper::timestamp::format_micros(now);
+    set_string(&mut line, "requestReceivedTimestamp", &t);
+    set_string(&mut line, "stageTimestamp", &t);
+    let stage = get_string(&line, "stage").unwrap_or_default().to_string();
+    (line, format!("{id}/{stage}"))
+}

@@ -53,6 +53,8 @@ pub struct State {
     pub script: VecDeque<Fault>,
     pub connections: usize,
     pub client_cert_seen: bool,
+    /// While set, every request gets this status (an outage).
+    pub forced_status: Option<u16>,
 }
 
 pub struct Emulator {
@@ -147,6 +149,7 @@ impl Emulator {
             script: VecDeque::new(),
             connections: 0,
             client_cert_seen: false,
+            forced_status: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -177,6 +180,11 @@ impl Emulator {
 
     pub fn script(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state.lock().unwrap().script.extend(faults);
+    }
+
+    /// Starts (`Some(status)`) or ends (`None`) an outage.
+    pub fn force_status(&self, status: Option<u16>) {
+        self.state.lock().unwrap().forced_status = status;
     }
 
     pub fn events(&self) -> Vec<String> {
@@ -289,6 +297,9 @@ fn handle(
     gzip: bool,
 ) -> (u16, String, usize) {
     let mut st = state.lock().unwrap();
+    if let Some(status) = st.forced_status {
+        return (status, String::new(), 0);
+    }
     if key.as_deref() != Some(st.key.as_str()) {
         return (st.wrong_key_status, String::new(), 0);
     }

@@ -1,0 +1,569 @@
+//! End to end: the real binary (`kube-audit-shipper run`) as a subprocess, an apiserver-like
+//! writer that rotates and compresses, and the HTTPS intake emulator on 127.0.0.1.
+//!
+//! - every auditID+stage arrives, filters apply, bad lines arrive as records, the counters
+//!   add up (DESIGN.md §2.5), metrics and /healthz answer real and garbage requests, SIGTERM
+//!   stops cleanly and a restart sends nothing twice;
+//! - SIGKILL at random moments under load: nothing lost (`KAS_E2E_KILLS`, default 8; the
+//!   long version is `KAS_E2E_KILLS=200 cargo test --release --test e2e sigkill -- --nocapture`);
+//! - an outage longer than the spool cap: bulk evicted and reported, critical all delivered;
+//! - a refused key: health fails, nothing dropped; fixed key → everything delivered;
+//! - `check` against the emulator.
+
+mod support;
+
+use kube_audit_shipper::extract::Extractor;
+use kube_audit_shipper::spool::{Class, classify};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::apiserver::{AuditWriter, fresh_event, get_string};
+use support::corpus::{Rng, samples};
+use support::intake::{Emulator, Options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-audit-shipper");
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kas-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a config for one log file and returns its path.
+fn config(dir: &Path, log: &Path, intake: &Emulator, key: &str, extra: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "logfiles:\n  - filepath: {}\n    intakekey: {key}\nintake_url: {}\nca_file: {}\n\
+         state_dir: {}\nbatch_linger_secs: 0.3\n{extra}",
+        log.display(),
+        intake.url,
+        intake.ca_file.display(),
+        dir.join("state").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&path, perms).unwrap();
+    path
+}
+
+/// The service as a child process, killed if the test fails before stopping it.
+struct Service(Option<Child>);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(config: &Path) -> Service {
+    Service(Some(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// SIGTERM, then the exit status and how long the stop took.
+fn stop(mut service: Service) -> (Option<i32>, Duration) {
+    let mut child = service.0.take().unwrap();
+    let t = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), t.elapsed());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return (None, t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn http(port: u16, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// `GET /metrics` with a real HTTP client; the value of `name` (summed over labels).
+fn metrics(port: u16) -> HashMap<String, u64> {
+    // The service may still be starting: retry a refused connection for a while.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match ureq::get(&url).call() {
+            Ok(mut r) => break r.body_mut().read_to_string().unwrap(),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    };
+    let mut out = HashMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap().to_string();
+        let v: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *out.entry(name).or_default() += v;
+    }
+    out
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Received audit events by identity, and the records.
+fn received(intake: &Emulator) -> (HashMap<String, u32>, Vec<serde_json::Value>) {
+    let mut events = HashMap::new();
+    let mut records = Vec::new();
+    for e in intake.events() {
+        let v = support::json(&e);
+        match v["kind"].as_str() {
+            Some("KubeAuditShipperGap" | "KubeAuditShipperUnparsed") => records.push(v),
+            _ => {
+                let id = format!(
+                    "{}/{}",
+                    v["auditID"].as_str().unwrap(),
+                    v["stage"].as_str().unwrap()
+                );
+                *events.entry(id).or_default() += 1;
+            }
+        }
+    }
+    (events, records)
+}
+
+#[test]
+fn ships_every_event_with_filters_records_metrics_and_a_clean_stop() {
+    let dir = workdir("ship");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 512 * 1024, 20, true);
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &format!(
+            "metrics_address: 127.0.0.1:{port}\nmax_line_bytes: 96KiB\nOptimizationRules:\n  \
+             - name: watches\n    action: 1\n    filters:\n      - field: event.action\n        \
+             operator: \"==\"\n        value: watch\n"
+        ),
+    );
+    let child = start(&cfg);
+    let samples = samples();
+    let mut expected = HashSet::new();
+    let mut filtered = 0;
+    let n = 6000u64;
+    for i in 0..n {
+        let (line, id) = fresh_event(&samples, 1, i);
+        if get_string(&line, "verb") == Some("watch") {
+            filtered += 1;
+        } else {
+            expected.insert(id);
+        }
+        writer.write_line(&line);
+        if i == n / 3 {
+            writer.write_line("this is not an audit event \"at all\"");
+        }
+        if i == n / 2 {
+            writer.write_line(&format!("{{\"pad\":\"{}\"}}", "x".repeat(100_000)));
+        }
+        if i % 200 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(writer.rotations >= 10, "rotations: {}", writer.rotations);
+    wait_for("every event", Duration::from_secs(60), || {
+        let (events, records) = received(&intake);
+        let done = events.len() >= expected.len() && records.len() >= 2;
+        if !done {
+            eprintln!(
+                "{} of {} events, {} records; {:?}",
+                events.len(),
+                expected.len(),
+                records.len(),
+                metrics(port)
+            );
+        }
+        done
+    });
+    let (events, records) = received(&intake);
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|id| !events.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} missing, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    assert_eq!(events.len(), expected.len(), "filtered events were shipped");
+    assert!(
+        events.values().all(|&n| n == 1),
+        "duplicates without a crash"
+    );
+    let unparsed = records
+        .iter()
+        .find(|r| r["kind"] == "KubeAuditShipperUnparsed")
+        .expect("the bad line as a record");
+    assert_eq!(
+        unparsed["kube_audit_shipper"]["line"],
+        "this is not an audit event \"at all\""
+    );
+    let gap = records
+        .iter()
+        .find(|r| r["kind"] == "KubeAuditShipperGap")
+        .expect("a gap record for the long line");
+    assert_eq!(gap["kube_audit_shipper"]["reason"], "line_too_long");
+    assert_eq!(gap["kube_audit_shipper"]["lost_bytes"], 100_010);
+    for r in &records {
+        assert!(!r.to_string().contains(&Options::default().key));
+    }
+
+    // The counters add up (every line read is in exactly one of them) once the last
+    // batch has lingered out and been delivered.
+    let lines = n + 2;
+    let settled = |m: &HashMap<String, u64>| {
+        !m.is_empty()
+            && m["kas_lines_read_total"] == lines
+            && m["kas_events_shipped_total"] == m["kas_events_spooled_total"]
+            && m["kas_lines_read_total"]
+                == m["kas_events_filtered_total"]
+                    + m["kas_lines_rejected_total"]
+                    + m["kas_lines_too_long_total"]
+                    + m["kas_lines_spooled_total"]
+    };
+    let mut last = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !settled(&last) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        last = metrics(port);
+    }
+    let m = metrics(port);
+    assert!(settled(&m), "{m:?}");
+    assert_eq!(m["kas_events_filtered_total"], filtered);
+    assert_eq!(m["kas_rule_ignored_total"], filtered);
+    assert_eq!(m["kas_lines_rejected_total"], 1);
+    assert_eq!(m["kas_lines_too_long_total"], 1);
+    assert_eq!(
+        m["kas_events_spooled_total"],
+        m["kas_lines_spooled_total"] + m["kas_lines_rejected_total"] + m["kas_gap_records_total"]
+    );
+    assert_eq!(m["kas_events_shipped_total"], intake.events().len() as u64);
+    assert_eq!(m["kas_healthy"], 1);
+
+    // The endpoint: health, and garbage that must not stop it.
+    assert!(http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert!(http(port, b"\x00\x01\x02 garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(http(port, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(http(port, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(http(port, huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    // A client that connects and says nothing is dropped after the timeout.
+    let silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(metrics(port)["kas_lines_read_total"], lines);
+    drop(silent);
+
+    let (code, took) = stop(child);
+    assert_eq!(code, Some(0), "SIGTERM must exit 0");
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+
+    // A restart resumes after the committed lines: nothing is sent again.
+    let before = intake.events().len();
+    let child = start(&cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        intake.events().len(),
+        before,
+        "a clean restart re-sent events"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_nothing() {
+    let kills: usize = std::env::var("KAS_E2E_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let dir = workdir("kill");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let log = dir.join("logs").join("audit.log");
+    let cfg = config(
+        &dir,
+        &log,
+        &intake,
+        &Options::default().key,
+        "metrics_address: \"off\"\n",
+    );
+
+    // The writer: ~2,000 events/s, 1 MiB files, gzip, enough backups to outlive a restart.
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop_writing, written, logs) =
+            (stop_writing.clone(), written.clone(), dir.join("logs"));
+        std::thread::spawn(move || {
+            let samples = samples();
+            let mut w = AuditWriter::new(&logs, 1024 * 1024, 200, true);
+            let mut ids = Vec::new();
+            let mut i = 0u64;
+            while !stop_writing.load(Ordering::SeqCst) {
+                for _ in 0..40 {
+                    let (line, id) = fresh_event(&samples, 2, i);
+                    w.write_line(&line);
+                    ids.push(id);
+                    i += 1;
+                }
+                written.store(i, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ids, w.rotations)
+        })
+    };
+
+    let mut rng = Rng::new(0x5eed_0001);
+    for _ in 0..kills {
+        let mut child = start(&cfg).0.take().unwrap();
+        std::thread::sleep(Duration::from_millis(100 + rng.below(900)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    stop_writing.store(true, Ordering::SeqCst);
+    let (ids, rotations) = writer.join().unwrap();
+    let child = start(&cfg);
+    wait_for(
+        "every event after the kills",
+        Duration::from_secs(120),
+        || {
+            let (events, _) = received(&intake);
+            ids.iter().all(|id| events.contains_key(id))
+        },
+    );
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let (events, records) = received(&intake);
+    let lost = ids.iter().filter(|id| !events.contains_key(*id)).count();
+    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let most = events.values().max().copied().unwrap_or(0);
+    eprintln!(
+        "sigkill: {kills} kills, {} events in {rotations} rotations, lost {lost}, \
+         duplicates {dups} (at most {most} copies of one event), gap records {}",
+        ids.len(),
+        records.len()
+    );
+    assert_eq!(lost, 0);
+    assert!(records.is_empty(), "gaps: {records:?}");
+    // Duplicates come only from the windows in flight at each kill.
+    assert!(dups as usize <= kills * 2000, "{dups} duplicates");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_outage_past_the_spool_cap_evicts_bulk_only_and_reports_it() {
+    let dir = workdir("outage");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 4 * 1024 * 1024, 20, false);
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &format!(
+            "metrics_address: 127.0.0.1:{port}\nbatch_max_bytes: 16KiB\nspool_max_bytes: 160KiB\n"
+        ),
+    );
+    intake.force_status(Some(503));
+    let child = start(&cfg);
+    let samples = samples();
+    let mut x = Extractor::new();
+    let (mut critical, mut all) = (Vec::new(), Vec::new());
+    for i in 0..6000u64 {
+        let (line, id) = fresh_event(&samples, 3, i);
+        let mut buf = line.clone().into_bytes();
+        let len = buf.len();
+        if classify(&x.parse(&mut buf, len).unwrap()) == Class::Critical {
+            critical.push(id.clone());
+        }
+        all.push(id);
+        writer.write_line(&line);
+        if i % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    wait_for("evictions", Duration::from_secs(30), || {
+        metrics(port)["kas_segments_evicted_total"] > 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    intake.force_status(None);
+    wait_for("the spool to drain", Duration::from_secs(60), || {
+        let m = metrics(port);
+        m["kas_spool_bytes"] == 0
+            && m["kas_reader_paused"] == 0
+            && m["kas_lines_read_total"] == all.len() as u64
+            && m["kas_events_shipped_total"] + m["kas_events_evicted_total"]
+                == m["kas_events_spooled_total"]
+    });
+    let m = metrics(port);
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let (events, records) = received(&intake);
+    let missing_critical = critical
+        .iter()
+        .filter(|id| !events.contains_key(*id))
+        .count();
+    let evicted_reported: u64 = records
+        .iter()
+        .filter(|r| r["kube_audit_shipper"]["reason"] == "evicted")
+        .map(|r| r["kube_audit_shipper"]["lost_events"].as_u64().unwrap())
+        .sum();
+    let missing = all.iter().filter(|id| !events.contains_key(*id)).count() as u64;
+    eprintln!(
+        "outage: {} events ({} critical), {} evicted in {} segments, {} gap records, \
+         missing {missing}",
+        all.len(),
+        critical.len(),
+        m["kas_events_evicted_total"],
+        m["kas_segments_evicted_total"],
+        records.len()
+    );
+    assert_eq!(missing_critical, 0, "critical events lost");
+    assert!(m["kas_events_evicted_total"] > 0);
+    // Every missing event is accounted for by an eviction, reported in-band.
+    assert_eq!(missing, m["kas_events_evicted_total"]);
+    assert_eq!(evicted_reported, missing);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_key_fails_health_keeps_everything_and_a_fixed_key_delivers_it() {
+    let dir = workdir("key");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 20, false);
+    let port = free_port();
+    let extra = format!("metrics_address: 127.0.0.1:{port}\n");
+    let cfg = config(&dir, &writer.path(), &intake, "wrong-key", &extra);
+    let child = start(&cfg);
+    let samples = samples();
+    let ids: Vec<String> = (0..500)
+        .map(|i| {
+            let (line, id) = fresh_event(&samples, 4, i);
+            writer.write_line(&line);
+            id
+        })
+        .collect();
+    wait_for("the key refusal", Duration::from_secs(20), || {
+        metrics(port)["kas_intake_key_refused"] == 401
+    });
+    let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("refuses the intake key"), "{health}");
+    assert!(!health.contains("wrong-key"));
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert!(intake.events().is_empty());
+
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &extra,
+    );
+    let child = start(&cfg);
+    wait_for(
+        "delivery with the fixed key",
+        Duration::from_secs(30),
+        || {
+            let (events, _) = received(&intake);
+            ids.iter().all(|id| events.contains_key(id))
+        },
+    );
+    assert!(http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_reports_the_plan_and_each_problem_with_its_fix() {
+    let dir = workdir("check");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 5, false);
+    let run_check = |cfg: &Path| {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let good = config(&dir, &writer.path(), &intake, &Options::default().key, "");
+    let (code, out) = run_check(&good);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("key accepted"), "{out}");
+    assert!(out.contains("matches"), "{out}");
+
+    let bad = config(&dir, &dir.join("nowhere/audit.log"), &intake, "wrong", "");
+    let (code, out) = run_check(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("refuses the key"), "{out}");
+    assert!(out.contains("no file matches"), "{out}");
+    assert!(
+        !out.contains("wrong\n") && !out.contains(": wrong"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &bad,
+        "logfiles:\n  - filepath: /x\n    intakekey: {intake key}\n",
+    )
+    .unwrap();
+    let (code, out) = run_check(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("placeholder") && out.contains("line 3"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
