@@ -498,57 +498,55 @@ impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for ScalarVisitor<F> {
     }
 }
 
-fn number<T: std::str::FromStr>(key: &str, s: &str) -> Result<T, String> {
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.trim()
         .parse()
-        .map_err(|_| format!("{key} {s:?}: expected a number"))
+        .map_err(|_| format!("expected a number, got {s:?}"))
 }
 
 checked!(Region(String), |r| region_url(r)
     .map(str::to_string)
     .ok_or_else(|| format!(
-        "region {r:?}: expected one of fra1, fra2, mco1, uae1, usa1 (or set intake_url)"
+        "{r:?} is not a region: expected fra1, fra2, mco1, uae1 or usa1 (or set intake_url)"
     )));
 checked!(Url(String), |u| {
     if u.starts_with("https://") || u.starts_with("http://") {
         Ok(u.trim_end_matches('/').to_string())
     } else {
-        Err(format!("intake_url {u:?}: expected an https:// URL"))
+        Err(format!("{u:?}: expected an https:// URL"))
     }
 });
 checked!(Proxy(String), |u| {
     if u.starts_with("http://") || u.starts_with("https://") || u.starts_with("socks") {
         Ok(u.to_string())
     } else {
-        Err(format!("HTTPProxyURL {u:?}: expected http://HOST:PORT"))
+        Err(format!("{u:?}: expected http://HOST:PORT"))
     }
 });
 checked!(MaxEvents(u32), |s| {
-    let n: u32 = number("batch_max_events", s)?;
+    let n: u32 = number(s)?;
     if (1..=100_000).contains(&n) {
         Ok(n)
     } else {
-        Err(format!("batch_max_events {n}: expected 1 to 100000"))
+        Err(format!("expected 1 to 100000, got {n}"))
     }
 });
 checked!(Secs(Duration), |s| {
-    let secs: f64 = number("seconds", s)?;
+    let secs: f64 = number(s)?;
     if secs > 0.0 && secs <= 86_400.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(format!(
-            "{s} seconds: expected more than 0 and at most 86400"
+            "expected more than 0 and at most 86400 seconds, got {s}"
         ))
     }
 });
 checked!(Level(u32), |s| {
-    let n: u32 = number("gzip_level", s)?;
+    let n: u32 = number(s)?;
     if (1..=9).contains(&n) {
         Ok(n)
     } else {
-        Err(format!(
-            "gzip_level {n}: expected 1 (fastest) to 9 (smallest)"
-        ))
+        Err(format!("expected 1 (fastest) to 9 (smallest), got {n}"))
     }
 });
 checked!(Output(Format), |s| s
@@ -557,23 +555,23 @@ checked!(Output(Format), |s| s
 checked!(Start(StartAt), |s| match s {
     "beginning" => Ok(StartAt::Beginning),
     "end" => Ok(StartAt::End),
-    _ => Err(format!("start_at {s:?}: expected beginning or end")),
+    _ => Err(format!("expected beginning or end, got {s:?}")),
 });
 checked!(LineBytes(u64), |s| {
     let b = parse_bytes(s)?;
     if (4096..=256 * 1024 * 1024).contains(&b) {
         Ok(b)
     } else {
-        Err(format!("max_line_bytes {b}: expected 4 KiB to 256 MiB"))
+        Err(format!("expected 4 KiB to 256 MiB, got {b}"))
     }
 });
 checked!(MetricsAddress(Option<SocketAddr>), |s| {
     if s == "off" || s.is_empty() {
         return Ok(None);
     }
-    s.parse().map(Some).map_err(|_| {
-        format!("metrics_address {s:?}: expected IP:PORT (e.g. 127.0.0.1:9880) or off")
-    })
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("expected IP:PORT (e.g. 127.0.0.1:9880) or off, got {s:?}"))
 });
 checked!(Bytes(u64), parse_bytes);
 // A YAML string, number or boolean, as text (a filter's value).
@@ -581,7 +579,7 @@ checked!(Scalar(String), |s| Ok(s.to_string()));
 checked!(Action(()), |s| match s {
     "1" => Ok(()),
     _ => Err(format!(
-        "action {s}: only 1 (ignore the matching events) is supported"
+        "only 1 (ignore the matching events) is supported, got {s}"
     )),
 });
 
@@ -650,7 +648,10 @@ mod tests {
         assert!(e.contains("spool_max") && e.contains("line 4"), "{e}");
         let e =
             parse("logfiles:\n  - filepath: /x\n    intakekey: k\n\ngzip_level: 12\n").unwrap_err();
-        assert!(e.contains("gzip_level 12") && e.contains("line 5"), "{e}");
+        assert!(
+            e.contains("gzip_level") && e.contains("got 12") && e.contains("line 5"),
+            "{e}"
+        );
         let e =
             parse("logfiles:\n  - filepath: /x\n    intakekey: k\nregion: mars1\n").unwrap_err();
         assert!(e.contains("mars1") && e.contains("line 4"), "{e}");
