@@ -206,6 +206,14 @@ impl Candidate {
         self.fingerprint(id.fp.len) == Some(id.fp)
     }
 
+    /// A `.gz` whose first KiB does not decompress (yet).
+    fn start_is_cut(&self) -> bool {
+        self.gz
+            && Source::open_at(&self.path, 0)
+                .and_then(|src| prefix(src, file::FINGERPRINT_LEN))
+                .is_err()
+    }
+
     /// Whether this has the same content start as `id` (a copy, a `.gz`), when `id`'s
     /// fingerprint is long enough to say so.
     fn same_content(&mut self, id: &FileId) -> bool {
@@ -260,6 +268,16 @@ fn mtime_micros(meta: &fs::Metadata) -> i64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A file that vanished between the scan and the open was renamed or compressed meanwhile:
+/// the next scan finds it under its new name. Anything else is worth a warning.
+fn cannot_follow(path: &Path, e: &io::Error) {
+    if e.kind() == io::ErrorKind::NotFound {
+        log::debug!("{} vanished before it was opened: {e}", path.display());
+    } else {
+        log::warn!("cannot follow {}: {e}", path.display());
+    }
 }
 
 fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
@@ -384,6 +402,9 @@ impl Tailer {
     /// Start-up: resume checkpointed files, pick up what was written while down, report
     /// what was lost. See the module docs for the rules.
     fn recover(&mut self) -> io::Result<()> {
+        // A `.gz` being written right now (the API server compresses a backup just after
+        // rotating) cannot be recognised yet: give it a moment rather than report its file
+        // as deleted.
         let mut candidates = self.candidates(true);
         let saved_at = self.store.saved_at;
         let mut claimed = vec![false; candidates.len()];
@@ -488,7 +509,7 @@ impl Tailer {
             let c = &candidates[i];
             let result = self.follow(&c.path, c.gz, offset, serial, !c.current, None);
             if let Err(e) = result {
-                log::warn!("cannot follow {}: {e}", c.path.display());
+                cannot_follow(&c.path, &e);
                 if let Some(s) = serial {
                     let entry = self.store.get(s).cloned();
                     if let Some(entry) = entry {
@@ -608,7 +629,7 @@ impl Tailer {
             }
             match self.follow(&c.path, c.gz, 0, None, false, Some((c.dev, c.ino))) {
                 Ok(serial) => seen.extend(serial),
-                Err(e) => log::warn!("cannot follow {}: {e}", c.path.display()),
+                Err(e) => cannot_follow(&c.path, &e),
             }
         }
         for t in &mut self.files {
@@ -637,11 +658,7 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
-            if c.gz
-                && Source::open_at(&c.path, 0)
-                    .and_then(|src| prefix(src, file::FINGERPRINT_LEN))
-                    .is_err()
-            {
+            if c.start_is_cut() {
                 // A `.gz` still being written (the rotated file is compressed right after
                 // the rename): look again at the next scan, once it is complete.
                 log::debug!("{} is incomplete; checked again later", c.path.display());
@@ -653,7 +670,7 @@ impl Tailer {
             );
             let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
             if let Err(e) = self.follow(&c.path, c.gz, 0, None, true, expect) {
-                log::warn!("cannot follow {}: {e}", c.path.display());
+                cannot_follow(&c.path, &e);
             }
         }
         self.known_siblings = still_known;
@@ -726,7 +743,7 @@ impl Tailer {
                             .observe(serial, t.reader.offset(), true, id, &path);
                         self.files.remove(k);
                         if let Err(e) = self.follow(&path, false, 0, None, false, None) {
-                            log::warn!("cannot follow {}: {e}", path.display());
+                            cannot_follow(&path, &e);
                         }
                         continue;
                     }
