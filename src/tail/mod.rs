@@ -680,15 +680,23 @@ impl Tailer {
 
     /// Whether a candidate's content is already followed or recorded (done or not): its
     /// inode (plain) or its fingerprint (a compressed copy, a hard link).
+    ///
+    ///
+    /// A recorded file that is no longer open may have lost its inode (pruned) to a new
+    /// file, and a short recorded start (an empty file's) matches anything: such a record
+    /// matches a plain file by inode only if the sizes agree when its final size is known.
+    /// (Found by the rotation storm under load: a new `audit.log` took the inode of a pruned
+    /// backup recorded while empty, and its 248 lines were skipped.) Open files cannot lose
+    /// their inode.
     fn is_known(&self, c: &mut Candidate) -> bool {
         self.files
             .iter()
             .any(|t| c.is(&t.id) || c.same_content(&t.id))
-            || self
-                .store
-                .entries
-                .iter()
-                .any(|e| c.is(&e.id) || c.same_content(&e.id))
+            || self.store.entries.iter().any(|e| {
+                let other_file =
+                    !e.id.fp.identifies() && !c.gz && e.final_size && c.size != e.size_seen;
+                !other_file && (c.is(&e.id) || c.same_content(&e.id))
+            })
     }
 
     /// Reads what is new and hands it to `on`, oldest file first. While paused it reads
