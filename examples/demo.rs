@@ -55,6 +55,9 @@ fn main() {
         ),
     )
     .expect("config");
+    // It holds a key: private, as the service expects (it warns otherwise).
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("config mode");
     let mut child = Command::new(&binary)
         .args(["run", "--config"])
         .arg(&config)
