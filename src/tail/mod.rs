@@ -399,13 +399,36 @@ impl Tailer {
         found
     }
 
+    /// The candidates, once no `.gz` among them is being written. The API server compresses
+    /// a backup right after rotating it: a restart at that moment would see half a `.gz`,
+    /// fail to recognise the file it holds, report that file deleted and read the `.gz`
+    /// again from its start once complete. Writing one takes milliseconds, so wait (at most
+    /// 2 s) for a moment when every `.gz` decompresses at its start and none grows.
+    fn settled_candidates(&mut self) -> Vec<Candidate> {
+        let sizes = |cs: &[Candidate]| -> Vec<(PathBuf, u64)> {
+            cs.iter()
+                .filter(|c| c.gz)
+                .map(|c| (c.path.clone(), c.size))
+                .collect()
+        };
+        let mut candidates = self.candidates(true);
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(20));
+            let again = self.candidates(true);
+            let settled =
+                sizes(&again) == sizes(&candidates) && !again.iter().any(Candidate::start_is_cut);
+            candidates = again;
+            if settled {
+                break;
+            }
+        }
+        candidates
+    }
+
     /// Start-up: resume checkpointed files, pick up what was written while down, report
     /// what was lost. See the module docs for the rules.
     fn recover(&mut self) -> io::Result<()> {
-        // A `.gz` being written right now (the API server compresses a backup just after
-        // rotating) cannot be recognised yet: give it a moment rather than report its file
-        // as deleted.
-        let mut candidates = self.candidates(true);
+        let mut candidates = self.settled_candidates();
         let saved_at = self.store.saved_at;
         let mut claimed = vec![false; candidates.len()];
         // (candidate, offset, entry serial) in no particular order yet.
