@@ -428,7 +428,21 @@ impl Tailer {
     /// Start-up: resume checkpointed files, pick up what was written while down, report
     /// what was lost. See the module docs for the rules.
     fn recover(&mut self) -> io::Result<()> {
+        // A file found in one listing can be gone when it is opened to be fingerprinted (its
+        // compression just finished and the plain backup was removed, the `.gz` not yet
+        // listed): before reporting a checkpointed file as deleted, look again a few times.
         let mut candidates = self.settled_candidates();
+        for _ in 0..5 {
+            let unmatched = self.store.entries.iter().filter(|e| !e.done).any(|e| {
+                !candidates
+                    .iter_mut()
+                    .any(|c| c.is(&e.id) || c.same_content(&e.id))
+            });
+            if !unmatched {
+                break;
+            }
+            candidates = self.settled_candidates();
+        }
         let saved_at = self.store.saved_at;
         let mut claimed = vec![false; candidates.len()];
         // (candidate, offset, entry serial) in no particular order yet.
