@@ -445,8 +445,15 @@ fn an_outage_past_the_spool_cap_evicts_bulk_only_and_reports_it() {
         m["kas_spool_bytes"] == 0
             && m["kas_reader_paused"] == 0
             && m["kas_lines_read_total"] == all.len() as u64
+            // Every line spooled (none still lingering in an open batch).
+            && m["kas_lines_spooled_total"] == all.len() as u64
             && m["kas_events_shipped_total"] + m["kas_events_evicted_total"]
                 == m["kas_events_spooled_total"]
+            // Every eviction's gap record was made, spooled (not still lingering in the
+            // open batch) and therefore shipped.
+            && m["kas_gap_records_total"] == m["kas_segments_evicted_total"]
+            && m["kas_events_spooled_total"]
+                == m["kas_lines_spooled_total"] + m["kas_gap_records_total"]
     });
     let m = metrics(port);
     let (code, _) = stop(child);
