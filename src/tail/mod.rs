@@ -206,14 +206,6 @@ impl Candidate {
         self.fingerprint(id.fp.len) == Some(id.fp)
     }
 
-    /// A `.gz` whose first KiB does not decompress (yet).
-    fn start_is_cut(&self) -> bool {
-        self.gz
-            && Source::open_at(&self.path, 0)
-                .and_then(|src| prefix(src, file::FINGERPRINT_LEN))
-                .is_err()
-    }
-
     /// Whether this has the same content start as `id` (a copy, a `.gz`), when `id`'s
     /// fingerprint is long enough to say so.
     fn same_content(&mut self, id: &FileId) -> bool {
@@ -399,50 +391,10 @@ impl Tailer {
         found
     }
 
-    /// The candidates, once no `.gz` among them is being written. The API server compresses
-    /// a backup right after rotating it: a restart at that moment would see half a `.gz`,
-    /// fail to recognise the file it holds, report that file deleted and read the `.gz`
-    /// again from its start once complete. Writing one takes milliseconds, so wait (at most
-    /// 2 s) for a moment when every `.gz` decompresses at its start and none grows.
-    fn settled_candidates(&mut self) -> Vec<Candidate> {
-        let sizes = |cs: &[Candidate]| -> Vec<(PathBuf, u64)> {
-            cs.iter()
-                .filter(|c| c.gz)
-                .map(|c| (c.path.clone(), c.size))
-                .collect()
-        };
-        let mut candidates = self.candidates(true);
-        for _ in 0..100 {
-            std::thread::sleep(Duration::from_millis(20));
-            let again = self.candidates(true);
-            let settled =
-                sizes(&again) == sizes(&candidates) && !again.iter().any(Candidate::start_is_cut);
-            candidates = again;
-            if settled {
-                break;
-            }
-        }
-        candidates
-    }
-
     /// Start-up: resume checkpointed files, pick up what was written while down, report
     /// what was lost. See the module docs for the rules.
     fn recover(&mut self) -> io::Result<()> {
-        // A file found in one listing can be gone when it is opened to be fingerprinted (its
-        // compression just finished and the plain backup was removed, the `.gz` not yet
-        // listed): before reporting a checkpointed file as deleted, look again a few times.
-        let mut candidates = self.settled_candidates();
-        for _ in 0..5 {
-            let unmatched = self.store.entries.iter().filter(|e| !e.done).any(|e| {
-                !candidates
-                    .iter_mut()
-                    .any(|c| c.is(&e.id) || c.same_content(&e.id))
-            });
-            if !unmatched {
-                break;
-            }
-            candidates = self.settled_candidates();
-        }
+        let mut candidates = self.candidates(true);
         let saved_at = self.store.saved_at;
         let mut claimed = vec![false; candidates.len()];
         // (candidate, offset, entry serial) in no particular order yet.
@@ -695,12 +647,6 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
-            if c.start_is_cut() {
-                // A `.gz` still being written (the rotated file is compressed right after
-                // the rename): look again at the next scan, once it is complete.
-                log::debug!("{} is incomplete; checked again later", c.path.display());
-                continue;
-            }
             log::info!(
                 "{} was created and rotated between two scans; reading it from its start",
                 c.path.display()
@@ -717,23 +663,15 @@ impl Tailer {
 
     /// Whether a candidate's content is already followed or recorded (done or not): its
     /// inode (plain) or its fingerprint (a compressed copy, a hard link).
-    ///
-    ///
-    /// A recorded file that is no longer open may have lost its inode (pruned) to a new
-    /// file, and a short recorded start (an empty file's) matches anything: such a record
-    /// matches a plain file by inode only if the sizes agree when its final size is known.
-    /// (Found by the rotation storm under load: a new `audit.log` took the inode of a pruned
-    /// backup recorded while empty, and its 248 lines were skipped.) Open files cannot lose
-    /// their inode.
     fn is_known(&self, c: &mut Candidate) -> bool {
         self.files
             .iter()
             .any(|t| c.is(&t.id) || c.same_content(&t.id))
-            || self.store.entries.iter().any(|e| {
-                let other_file =
-                    !e.id.fp.identifies() && !c.gz && e.final_size && c.size != e.size_seen;
-                !other_file && (c.is(&e.id) || c.same_content(&e.id))
-            })
+            || self
+                .store
+                .entries
+                .iter()
+                .any(|e| c.is(&e.id) || c.same_content(&e.id))
     }
 
     /// Reads what is new and hands it to `on`, oldest file first. While paused it reads
