@@ -325,10 +325,7 @@ impl<'a> Event<'a> {
 
     /// Whether a located field is the JSON `true`.
     pub fn is_true(&self, field: Option<u32>) -> bool {
-        matches!(
-            field.and_then(|i| self.tape.0.get(i as usize)),
-            Some(Node::Static(simd_json::StaticNode::Bool(true)))
-        )
+        self.boolean(field) == Some(true)
     }
 
     /// The boolean at a located field, if it is one.
