@@ -180,6 +180,8 @@ struct Candidate {
     current: bool,
     /// Fingerprints computed so far, by prefix length.
     fps: Vec<(u32, Option<Fingerprint>)>,
+    /// Reading its start failed (a `.gz` still being written, a file gone meanwhile).
+    unreadable: bool,
 }
 
 impl Candidate {
@@ -187,12 +189,22 @@ impl Candidate {
         if let Some((_, fp)) = self.fps.iter().find(|(l, _)| *l == len) {
             return *fp;
         }
-        let fp = Source::open_at(&self.path, 0)
-            .and_then(|src| prefix(src, len as usize))
-            .ok()
-            .flatten();
+        let fp = match Source::open_at(&self.path, 0).and_then(|src| prefix(src, len as usize)) {
+            Ok(fp) => fp,
+            Err(_) => {
+                self.unreadable = true;
+                None
+            }
+        };
         self.fps.push((len, fp));
         fp
+    }
+
+    /// Whether its start can be read now, so that it can be told apart from the files
+    /// already known. A `.gz` being written cannot (its stream ends early).
+    fn identifiable(&mut self) -> bool {
+        self.fingerprint(file::FINGERPRINT_LEN as u32);
+        !self.unreadable
     }
 
     /// Whether this is the file of `id`: same inode and start (plain files) or, for `.gz`,
@@ -233,7 +245,19 @@ pub struct Tailer {
     /// Rotated siblings already recognised as known, by (device, inode, mtime): saves
     /// fingerprinting them again at every scan.
     known_siblings: Vec<(u64, u64, i64)>,
+    orphans: Vec<Orphan>,
 }
+
+/// A checkpointed, unfinished file that start-up could not open: not found in the listing, or
+/// renamed or compressed between the listing and the open. A directory mid-rotation looks
+/// like that for a moment, so the scans look for it (and resume it at its committed offset)
+/// before, after [`ORPHAN_MISSES`] scans without it, it is taken for deleted and reported.
+struct Orphan {
+    serial: u64,
+    misses: u32,
+}
+
+const ORPHAN_MISSES: u32 = 3;
 
 /// What one [`Tailer::poll`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,6 +272,9 @@ pub struct Polled {
 /// written just after an instant can carry a time just before it. Comparisons of a file's
 /// time with an instant allow this much.
 const CLOCK_SLACK_MICROS: i64 = 2_000_000;
+
+/// How many times a directory that changes while listed is listed again.
+const LISTING_ATTEMPTS: usize = 4;
 
 fn now_micros() -> i64 {
     SystemTime::now()
@@ -270,6 +297,21 @@ fn cannot_follow(path: &Path, e: &io::Error) {
     } else {
         log::warn!("cannot follow {}: {e}", path.display());
     }
+}
+
+/// The `.gz` candidates whose uncompressed twin (the same name without `.gz`) is a candidate
+/// too: compression is in progress, and the `.gz` is that file's content (complete or not).
+fn gz_twins(candidates: &[Candidate]) -> Vec<PathBuf> {
+    candidates
+        .iter()
+        .filter(|c| !c.gz)
+        .map(|c| {
+            let mut name = c.path.clone().into_os_string();
+            name.push(".gz");
+            PathBuf::from(name)
+        })
+        .filter(|gz| candidates.iter().any(|c| c.gz && &c.path == gz))
+        .collect()
 }
 
 fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
@@ -327,6 +369,7 @@ impl Tailer {
             gaps: Vec::new(),
             opened_at: now_micros(),
             known_siblings: Vec::new(),
+            orphans: Vec::new(),
             cfg,
         };
         tailer.recover()?;
@@ -357,38 +400,71 @@ impl Tailer {
             {
                 log::debug!("cannot watch {}: {e}", dir.display());
             }
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let current = self.name.matches(name);
-                let rotated = with_rotated && self.rotated_names.iter().any(|p| p.matches(name));
-                if !current && !rotated {
-                    continue;
+            // A listing is a snapshot of names, and each file is then looked up by name: a
+            // rotation in between makes a name lead to another file than listed (or to none),
+            // and the renamed file is missing from the listing. Start-up would take that file
+            // for deleted, so the directory is listed again until names and files agree.
+            for attempt in 1..=LISTING_ATTEMPTS {
+                let before = found.len();
+                match self.list_dir(&dir, with_rotated, &mut found) {
+                    Ok(true) => break,
+                    Ok(false) if attempt < LISTING_ATTEMPTS => found.truncate(before),
+                    Ok(false) => log::debug!("{} keeps changing while listed", dir.display()),
+                    Err(e) => log::debug!("cannot list {}: {e}", dir.display()),
                 }
-                let path = entry.path();
-                let Ok(meta) = fs::metadata(&path) else {
-                    continue;
-                };
-                if !meta.is_file() {
-                    continue;
-                }
-                let (dev, ino) = dev_ino(&meta);
-                found.push(Candidate {
-                    gz: is_gz(&path),
-                    path,
-                    dev,
-                    ino,
-                    size: meta.len(),
-                    mtime_micros: mtime_micros(&meta),
-                    current,
-                    fps: Vec::new(),
-                });
             }
         }
         found
+    }
+
+    /// Adds the candidates of one directory to `found`; `Ok(false)` if it changed meanwhile.
+    fn list_dir(
+        &self,
+        dir: &Path,
+        with_rotated: bool,
+        found: &mut Vec<Candidate>,
+    ) -> io::Result<bool> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut stable = true;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let current = self.name.matches(name);
+            let rotated = with_rotated && self.rotated_names.iter().any(|p| p.matches(name));
+            if !current && !rotated {
+                continue;
+            }
+            let path = entry.path();
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    stable = false;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let (dev, ino) = dev_ino(&meta);
+            let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if !symlink && entry.ino() != ino {
+                stable = false;
+            }
+            found.push(Candidate {
+                gz: is_gz(&path),
+                path,
+                dev,
+                ino,
+                size: meta.len(),
+                mtime_micros: mtime_micros(&meta),
+                current,
+                fps: Vec::new(),
+                unreadable: false,
+            });
+        }
+        Ok(stable)
     }
 
     /// Start-up: resume checkpointed files, pick up what was written while down, report
@@ -396,7 +472,9 @@ impl Tailer {
     fn recover(&mut self) -> io::Result<()> {
         let mut candidates = self.candidates(true);
         let saved_at = self.store.saved_at;
-        let mut claimed = vec![false; candidates.len()];
+        // A `.gz` being written next to its twin is that twin: only the twin is considered.
+        let twins = gz_twins(&candidates);
+        let mut claimed: Vec<bool> = candidates.iter().map(|c| twins.contains(&c.path)).collect();
         // (candidate, offset, entry serial) in no particular order yet.
         let mut resume: Vec<(usize, u64, u64)> = Vec::new();
         let entries: Vec<Entry> = self.store.entries.clone();
@@ -407,6 +485,17 @@ impl Tailer {
             let found = order
                 .into_iter()
                 .find(|&i| !claimed[i] && candidates[i].is(&e.id));
+            log::debug!(
+                "checkpoint of {} (inode {}, committed {} of {} bytes): {}",
+                e.path.display(),
+                e.id.ino,
+                e.committed,
+                e.size_seen,
+                found.map_or("not found".into(), |i| candidates[i]
+                    .path
+                    .display()
+                    .to_string())
+            );
             match found {
                 Some(i) => {
                     claimed[i] = true;
@@ -423,21 +512,13 @@ impl Tailer {
                     }
                 }
                 None if e.done => self.store.remove(e.serial),
-                None => {
-                    // Gone. A file that never held data when last seen cannot have lost any
-                    // that was known; otherwise report what is known (a lower bound unless
-                    // its final size was).
-                    let lost = e.size_seen.saturating_sub(e.committed);
-                    if lost > 0 || (!e.final_size && e.size_seen > 0) {
-                        self.gaps.push(Gap {
-                            path: e.path.clone(),
-                            bytes: lost,
-                            exact: e.final_size,
-                            reason: GapReason::Deleted,
-                        });
-                    }
-                    self.store.remove(e.serial);
-                }
+                // Not found now, but the directory may be mid-rotation (a name that vanished
+                // between the listing and the fingerprint, a `.gz` still being written): the
+                // scans look for it before it is taken for deleted.
+                None => self.orphans.push(Orphan {
+                    serial: e.serial,
+                    misses: 0,
+                }),
             }
         }
         // Unknown files: current ones are new since the last save (or, on a first start,
@@ -496,7 +577,22 @@ impl Tailer {
         });
         for (i, offset, serial) in follow {
             let c = &candidates[i];
-            let result = self.follow(&c.path, c.gz, offset, serial, !c.current, None);
+            let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
+            let result = self.follow(&c.path, c.gz, offset, serial, !c.current, expect);
+            let moved = match &result {
+                Ok(None) => true,
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+                Ok(Some(_)) => false,
+            };
+            if let (true, Some(s)) = (moved, serial) {
+                // Renamed (or compressed) since the listing: the scans look for it again.
+                self.orphans.push(Orphan {
+                    serial: s,
+                    misses: 0,
+                });
+                self.rescan = true;
+                continue;
+            }
             if let Err(e) = result {
                 cannot_follow(&c.path, &e);
                 if let Some(s) = serial {
@@ -514,6 +610,7 @@ impl Tailer {
             }
         }
         self.last_scan = Instant::now();
+        self.rescan |= !self.orphans.is_empty();
         Ok(())
     }
 
@@ -565,6 +662,10 @@ impl Tailer {
                 path: path.to_owned(),
             }),
         };
+        log::debug!(
+            "following {} (inode {ino}) from byte {offset}",
+            path.display()
+        );
         let reader = LineReader::with_max_line(source, self.cfg.max_line)
             .following()
             .starting_at(offset);
@@ -599,6 +700,8 @@ impl Tailer {
     /// ahead of the current file, instead of being lost without a trace.
     fn scan(&mut self) {
         let mut candidates = self.candidates(true);
+        let mut orphans = std::mem::take(&mut self.orphans);
+        let plain_twins = gz_twins(&candidates);
         let mut seen: Vec<u64> = Vec::new();
         // Current names first: they decide which followed files are rotated.
         for c in candidates.iter_mut().filter(|c| c.current) {
@@ -613,7 +716,12 @@ impl Tailer {
                 }
                 continue;
             }
+            if let Some(serial) = self.adopt(c, &mut orphans, false) {
+                seen.push(serial);
+                continue;
+            }
             if self.is_known(c) {
+                log::debug!("{} is a file already read; not followed", c.path.display());
                 continue;
             }
             match self.follow(&c.path, c.gz, 0, None, false, Some((c.dev, c.ino))) {
@@ -623,6 +731,9 @@ impl Tailer {
         }
         for t in &mut self.files {
             if !seen.contains(&t.serial) {
+                if !t.rotated {
+                    log::debug!("{} was rotated; reading it to its end", t.path.display());
+                }
                 t.rotated = true;
             }
         }
@@ -637,6 +748,10 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
+            let compressing = c.gz && plain_twins.contains(&c.path);
+            if !compressing && self.adopt(c, &mut orphans, true).is_some() {
+                continue;
+            }
             if c.mtime_micros < self.opened_at - CLOCK_SLACK_MICROS
                 || self.known_siblings.contains(&key)
             {
@@ -647,18 +762,81 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
-            log::info!(
-                "{} was created and rotated between two scans; reading it from its start",
-                c.path.display()
-            );
+            // Not known, but perhaps not yet identifiable: a `.gz` whose uncompressed twin is
+            // still there is being written, and is that twin's content; a start that cannot be
+            // read (a `.gz` being written under another scheme) cannot be compared. Both are
+            // looked at again at the next scan.
+            if compressing || !c.identifiable() {
+                self.rescan = true;
+                continue;
+            }
             let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
-            if let Err(e) = self.follow(&c.path, c.gz, 0, None, true, expect) {
-                cannot_follow(&c.path, &e);
+            match self.follow(&c.path, c.gz, 0, None, true, expect) {
+                Ok(Some(_)) => log::info!(
+                    "{} was created and rotated between two scans; reading it from its start",
+                    c.path.display()
+                ),
+                Ok(None) => {}
+                Err(e) => cannot_follow(&c.path, &e),
             }
         }
         self.known_siblings = still_known;
+        for mut o in orphans {
+            o.misses += 1;
+            if o.misses < ORPHAN_MISSES {
+                self.orphans.push(o);
+                self.rescan = true;
+                continue;
+            }
+            if let Some(e) = self.store.get(o.serial).cloned() {
+                // Gone. A file that never held data when last seen cannot have lost any that
+                // was known; otherwise report what is known (a lower bound unless its final
+                // size was).
+                let lost = e.size_seen.saturating_sub(e.committed);
+                if lost > 0 || (!e.final_size && e.size_seen > 0) {
+                    self.gaps.push(Gap {
+                        path: e.path.clone(),
+                        bytes: lost,
+                        exact: e.final_size,
+                        reason: GapReason::Deleted,
+                    });
+                }
+                self.store.remove(o.serial);
+            }
+        }
         self.last_scan = Instant::now();
-        self.rescan = false;
+    }
+
+    /// Resumes the orphan that `c` is, if any, at its committed offset.
+    fn adopt(
+        &mut self,
+        c: &mut Candidate,
+        orphans: &mut Vec<Orphan>,
+        rotated: bool,
+    ) -> Option<u64> {
+        let k = orphans
+            .iter()
+            .position(|o| self.store.get(o.serial).is_some_and(|e| c.is(&e.id)))?;
+        let committed = self.store.get(orphans[k].serial)?.committed;
+        let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
+        match self.follow(
+            &c.path,
+            c.gz,
+            committed,
+            Some(orphans[k].serial),
+            rotated,
+            expect,
+        ) {
+            Ok(Some(serial)) => {
+                orphans.remove(k);
+                Some(serial)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                cannot_follow(&c.path, &e);
+                None
+            }
+        }
     }
 
     /// Whether a candidate's content is already followed or recorded (done or not): its
@@ -690,6 +868,7 @@ impl Tailer {
             }
         }
         if self.rescan || self.last_scan.elapsed() >= self.cfg.rescan_every {
+            self.rescan = false;
             self.scan();
         }
         if self.paused {
@@ -737,6 +916,7 @@ impl Tailer {
                         // Left for good: a last line without newline is still a line.
                         deliver_partial(t, &mut on, &mut polled);
                         let end = t.reader.offset();
+                        log::debug!("{} read to its end ({end} bytes); left", path.display());
                         self.store.observe(serial, end, true, id, &path);
                         self.files.remove(k);
                         continue;
@@ -958,6 +1138,7 @@ mod tests {
             gz: true,
             current: false,
             fps: Vec::new(),
+            unreadable: false,
         };
         let id = |fp| FileId { dev: 1, ino: 2, fp };
         // A file seen while empty (or with a few bytes) must not match any .gz.
