@@ -12,6 +12,8 @@
 //! ```
 //!
 //! `reason` is one of `deleted_before_read` (rotated away and pruned before it was read),
+//! `deleted_unseen` (files created, rotated and pruned while the reader was stalled, never
+//! seen; `lost_bytes` 0 means unknown, the count is in `detail`),
 //! `truncated` (copytruncate), `too_many_rotated`, `unreadable`, `line_too_long` (a line over
 //! `max_line_bytes`, with `offset`), and `evicted` (bulk events dropped under the spool cap,
 //! with `lost_events` and `first_event_at`). `exact: false` means `lost_bytes` is a lower

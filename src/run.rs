@@ -157,11 +157,16 @@ impl Stage {
             TailEvent::Gap(gap) => {
                 self.m.bytes_lost.add(gap.bytes);
                 log::warn!("gap: {gap}");
+                let unseen;
                 let (reason, detail) = match &gap.reason {
                     crate::tail::GapReason::Deleted => ("deleted_before_read", None),
                     crate::tail::GapReason::Truncated => ("truncated", None),
                     crate::tail::GapReason::TooManyRotated => ("too_many_rotated", None),
                     crate::tail::GapReason::Unreadable(e) => ("unreadable", Some(e.as_str())),
+                    crate::tail::GapReason::Unseen { files } => {
+                        unseen = format!("{files} file(s) rotated and deleted unseen");
+                        ("deleted_unseen", Some(unseen.as_str()))
+                    }
                 };
                 let loss = Loss {
                     reason,

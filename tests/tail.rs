@@ -135,9 +135,13 @@ fn rotation_storm(compress: bool) {
     let tag = if compress { "storm-gz" } else { "storm" };
     let logs = tmpdir(&format!("{tag}-logs"));
     let state = tmpdir(&format!("{tag}-state"));
-    // 2,500 lines/s of ~200 B for 4 s; a rotation every ~100 ms (50 KB files), 5 backups.
+    // 2,500 lines/s of ~200 B for 4 s; a rotation every ~100 ms (50 KB files). 30 backups
+    // keep a file ~3 s: a CI machine right after a build stalls the reader for over a
+    // second at times (fsync of the checkpoint behind the build's writeback). A stall
+    // longer than that loses files, reported as an `Unseen` gap; the test
+    // `files_that_come_and_go_while_the_reader_stalls_are_reported` covers that case.
     let (total, rate, size) = (10_000, 2_500, 200);
-    let writer = AuditWriter::new(&logs, 50_000, 5, compress);
+    let writer = AuditWriter::new(&logs, 50_000, 30, compress);
     let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
     let started = Instant::now();
     let handle = storm(writer, total, rate, size);
@@ -175,7 +179,8 @@ fn restarts_during_a_storm_lose_nothing_and_repeat_only_the_uncommitted() {
     let logs = tmpdir("restart-logs");
     let state = tmpdir("restart-state");
     let (total, rate, size) = (8_000, 2_000, 200);
-    let writer = AuditWriter::new(&logs, 40_000, 6, true);
+    // Backups kept ~3 s, as in `rotation_storm`.
+    let writer = AuditWriter::new(&logs, 40_000, 30, true);
     let handle = storm(writer, total, rate, size);
     let finished = Arc::new(AtomicBool::new(false));
     let mut delivered: Vec<u64> = Vec::new();
@@ -663,6 +668,40 @@ fn a_stalled_reader_finds_files_created_and_rotated_between_its_scans() {
         eprintln!("compress {compress}: runs {runs:?}");
         assert_exactly_once_in_order(&seen.seqs, 200);
     }
+}
+
+#[test]
+fn files_that_come_and_go_while_the_reader_stalls_are_reported() {
+    let logs = tmpdir("unseen-logs");
+    let state = tmpdir("unseen-state");
+    // 49 lines of 201 B per file; one backup kept.
+    let mut w = AuditWriter::new(&logs, 10_000, 1, false);
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    for seq in 0..10 {
+        w.write_line(&line(seq, 200));
+    }
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 10);
+    // Stalled: files 1-4 rotate; 2 and 3 are pruned before any scan saw them. File 1 is held
+    // open (its data survives the pruning), file 4 is the kept backup, file 5 the current.
+    for seq in 10..220 {
+        w.write_line(&line(seq, 200));
+    }
+    assert_eq!(w.rotations, 4);
+    seen.until(&mut t, Duration::from_secs(5), |s| {
+        s.seqs.last() == Some(&219) && !s.gaps.is_empty()
+    });
+    assert_eq!(
+        seen.gaps,
+        vec![Gap {
+            path: logs.join("audit.log"),
+            bytes: 0,
+            exact: false,
+            reason: GapReason::Unseen { files: 2 },
+        }]
+    );
+    let expected: Vec<u64> = (0..49).chain(147..220).collect();
+    assert_eq!(seen.seqs, expected);
 }
 
 #[test]

@@ -24,7 +24,14 @@
 //! - What cannot be read is reported as a [`Gap`], never silently skipped: a file deleted
 //!   (pruned by `--audit-log-maxbackup`) before it was read to its end while the shipper was
 //!   down, a file truncated in place, a rotated file given up because too many were open, a
-//!   read error. The size is exact when the file's final size was known.
+//!   read error, files created, rotated and pruned while the reader was stalled (counted
+//!   through inotify, see `UnseenCheck`). The size is exact when the file's final size was
+//!   known.
+//! - A directory mid-rotation is a moving target: a listing is retaken when a name leads to
+//!   another inode than listed, a `.gz` next to its uncompressed twin is that twin, a missed
+//!   file that cannot be identified yet is looked at again before anything newer is read,
+//!   and a checkpointed file that start-up cannot open is searched by the next scans
+//!   (`Orphan`) before it is reported deleted.
 
 pub mod checkpoint;
 pub mod file;
@@ -131,6 +138,10 @@ pub enum GapReason {
     TooManyRotated,
     /// Reading failed.
     Unreadable(String),
+    /// This many files were created under the followed name, rotated and deleted without
+    /// ever being seen by a scan (the reader fell behind by more than the backups kept):
+    /// their size is unknown. Detected by counting inotify's creations of the name.
+    Unseen { files: u64 },
 }
 
 impl std::fmt::Display for Gap {
@@ -140,6 +151,10 @@ impl std::fmt::Display for Gap {
             GapReason::Truncated => "truncated in place".to_string(),
             GapReason::TooManyRotated => "too many rotated files open".to_string(),
             GapReason::Unreadable(e) => format!("unreadable: {e}"),
+            GapReason::Unseen { files } => format!(
+                "{files} file(s) created, rotated and deleted before they could be opened \
+                 (the reader fell behind by more than the backups kept); size unknown"
+            ),
         };
         let bound = if self.exact { "" } else { "at least " };
         write!(
@@ -246,7 +261,31 @@ pub struct Tailer {
     /// fingerprinting them again at every scan.
     known_siblings: Vec<(u64, u64, i64)>,
     orphans: Vec<Orphan>,
+    /// Missed rotated files that a scan could not identify yet, by (device, inode, mtime),
+    /// with the number of scans so far; while there are any, current files are not read
+    /// (they are newer, and lines come out in write order).
+    deferred: Vec<((u64, u64, i64), u32)>,
+    /// The count of files created under the followed name against the files found; `None`
+    /// without inotify or when the name is a glob.
+    unseen: Option<UnseenCheck>,
 }
+
+/// Invariant: every file created under the followed name after start-up is either found by a
+/// scan (followed as the current file or as a missed rotated sibling) or reported. inotify
+/// counts the creations; a scan lists the directory after taking the events, so a created file
+/// is in its listing unless it is already gone. A shortfall that lasts [`UNSEEN_SCANS`] scans
+/// (not a file caught mid-rename, found by the next scan) is reported as a gap. Files found
+/// without a counted creation (created just before start-up) only make the count a lower
+/// bound; a queue overflow resets it.
+#[derive(Default)]
+struct UnseenCheck {
+    created: u64,
+    found: u64,
+    reported: u64,
+    short_scans: u32,
+}
+
+const UNSEEN_SCANS: u32 = 3;
 
 /// A checkpointed, unfinished file that start-up could not open: not found in the listing, or
 /// renamed or compressed between the listing and the open. A directory mid-rotation looks
@@ -258,6 +297,10 @@ struct Orphan {
 }
 
 const ORPHAN_MISSES: u32 = 3;
+
+/// Scans a missed file may stay unidentifiable (a `.gz` being written) before it is read
+/// anyway (a damaged `.gz` then gives an `Unreadable` gap instead of holding reading up).
+const MAX_DEFERRALS: u32 = 5;
 
 /// What one [`Tailer::poll`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -339,6 +382,7 @@ impl Tailer {
             Some(dot) if dot > 0 => (&file_name[..dot], &file_name[dot..]),
             _ => (file_name, ""),
         };
+        let literal_name = (!file_name.contains(['*', '?', '['])).then(|| file_name.to_owned());
         let compile = |p: &str| glob::Pattern::new(p).map_err(|e| bad_pattern(&cfg.pattern, e));
         let name = compile(file_name)?;
         let rotated_names = [
@@ -370,9 +414,20 @@ impl Tailer {
             opened_at: now_micros(),
             known_siblings: Vec::new(),
             orphans: Vec::new(),
+            deferred: Vec::new(),
+            unseen: None,
             cfg,
         };
         tailer.recover()?;
+        // Count creations from here on (what start-up listed is the baseline).
+        if let (Some(w), Some(name)) = (tailer.watcher.as_mut(), literal_name) {
+            w.count_creations_of(std::ffi::OsStr::new(&name));
+            if let Err(e) = w.drain() {
+                log::debug!("inotify read: {e}");
+            }
+            tailer.rescan = true;
+            tailer.unseen = Some(UnseenCheck::default());
+        }
         Ok((tailer, problem))
     }
 
@@ -699,6 +754,12 @@ impl Tailer {
     /// between two scans (a stalled reader, a fast rotation). It is followed from its start,
     /// ahead of the current file, instead of being lost without a trace.
     fn scan(&mut self) {
+        // A followed file's `.gz` is recognised by the fingerprint: take it now if it was
+        // taken while the file was short (it is read through the open descriptor, so a file
+        // renamed or deleted since still gives it).
+        for k in 0..self.files.len() {
+            self.refresh_fingerprint(k);
+        }
         let mut candidates = self.candidates(true);
         let mut orphans = std::mem::take(&mut self.orphans);
         let plain_twins = gz_twins(&candidates);
@@ -725,7 +786,12 @@ impl Tailer {
                 continue;
             }
             match self.follow(&c.path, c.gz, 0, None, false, Some((c.dev, c.ino))) {
-                Ok(serial) => seen.extend(serial),
+                Ok(serial) => {
+                    if serial.is_some() {
+                        self.found_new_file();
+                    }
+                    seen.extend(serial);
+                }
                 Err(e) => cannot_follow(&c.path, &e),
             }
         }
@@ -741,6 +807,7 @@ impl Tailer {
         // missed one goes in before the current files, so this keeps write order).
         candidates.sort_by(|a, b| (a.mtime_micros, &a.path).cmp(&(b.mtime_micros, &b.path)));
         let mut still_known = Vec::new();
+        let mut deferred = Vec::new();
         for c in candidates.iter_mut().filter(|c| !c.current) {
             let key = (c.dev, c.ino, c.mtime_micros);
             if let Some(t) = self.files.iter_mut().find(|t| t.rotated && c.is(&t.id)) {
@@ -767,22 +834,52 @@ impl Tailer {
             // read (a `.gz` being written under another scheme) cannot be compared. Both are
             // looked at again at the next scan.
             if compressing || !c.identifiable() {
-                self.rescan = true;
-                continue;
+                let scans = 1 + self
+                    .deferred
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(0, |(_, n)| *n);
+                if scans <= MAX_DEFERRALS {
+                    deferred.push((key, scans));
+                    continue;
+                }
+                log::warn!(
+                    "{} cannot be identified (a damaged .gz?); reading it from its start",
+                    c.path.display()
+                );
             }
             let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
             match self.follow(&c.path, c.gz, 0, None, true, expect) {
-                Ok(Some(_)) => log::info!(
-                    "{} was created and rotated between two scans; reading it from its start",
-                    c.path.display()
-                ),
-                Ok(None) => {}
+                Ok(Some(_)) => {
+                    self.found_new_file();
+                    log::info!(
+                        "{} was created and rotated between two scans; reading it from its start",
+                        c.path.display()
+                    );
+                }
+                // Renamed or deleted meanwhile: the next scan finds it under its new name.
+                Ok(None) => deferred.push((key, 1)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => deferred.push((key, 1)),
                 Err(e) => cannot_follow(&c.path, &e),
             }
         }
         self.known_siblings = still_known;
+        self.rescan |= !deferred.is_empty();
+        self.deferred = deferred;
         for mut o in orphans {
             o.misses += 1;
+            log::debug!(
+                "checkpointed {} not found yet (scan {} of {ORPHAN_MISSES}); candidates {:?}",
+                self.store
+                    .get(o.serial)
+                    .map_or(Path::new("?"), |e| &e.path)
+                    .display(),
+                o.misses,
+                candidates
+                    .iter()
+                    .map(|c| (c.path.file_name(), c.ino, c.size, c.unreadable))
+                    .collect::<Vec<_>>()
+            );
             if o.misses < ORPHAN_MISSES {
                 self.orphans.push(o);
                 self.rescan = true;
@@ -804,6 +901,7 @@ impl Tailer {
                 self.store.remove(o.serial);
             }
         }
+        self.check_unseen();
         self.last_scan = Instant::now();
     }
 
@@ -863,7 +961,7 @@ impl Tailer {
         // Events that arrived since the last wait (one non-blocking read).
         if let Some(w) = self.watcher.as_mut() {
             match w.drain() {
-                Ok(wake) => self.rescan |= wake.names_changed,
+                Ok(wake) => self.take_wake(wake),
                 Err(e) => log::debug!("inotify read: {e}"),
             }
         }
@@ -871,12 +969,19 @@ impl Tailer {
             self.rescan = false;
             self.scan();
         }
-        if self.paused {
+        // Paused, or looking for a checkpointed file that start-up could not open yet: its
+        // rest comes before anything newer, so nothing is read until it is found or given up.
+        if self.paused || !self.orphans.is_empty() {
             self.limit_rotated(&mut on);
             return polled;
         }
         let mut k = 0;
         while k < self.files.len() {
+            if !self.deferred.is_empty() && !self.files[k].rotated {
+                // A missed older file is not identified yet (see `deferred`).
+                k += 1;
+                continue;
+            }
             let outcome = read_file(
                 &mut self.files[k],
                 &mut on,
@@ -985,6 +1090,53 @@ impl Tailer {
         }
     }
 
+    fn take_wake(&mut self, wake: watch::Wake) {
+        self.rescan |= wake.names_changed;
+        if let Some(u) = self.unseen.as_mut() {
+            if wake.overflow {
+                log::warn!(
+                    "inotify queue overflow: a file of {} created and deleted unseen would go unreported",
+                    self.cfg.pattern
+                );
+                u.created = u.found + u.reported;
+            } else {
+                u.created += wake.created;
+            }
+        }
+    }
+
+    /// Reports files created under the followed name that no scan has found (see
+    /// [`UnseenCheck`]).
+    fn check_unseen(&mut self) {
+        let Some(u) = self.unseen.as_mut() else {
+            return;
+        };
+        let short = u.created.saturating_sub(u.found + u.reported);
+        if short == 0 {
+            u.short_scans = 0;
+            return;
+        }
+        u.short_scans += 1;
+        if u.short_scans < UNSEEN_SCANS {
+            self.rescan = true;
+            return;
+        }
+        u.reported += short;
+        u.short_scans = 0;
+        self.gaps.push(Gap {
+            path: PathBuf::from(&self.cfg.pattern),
+            bytes: 0,
+            exact: false,
+            reason: GapReason::Unseen { files: short },
+        });
+    }
+
+    fn found_new_file(&mut self) {
+        if let Some(u) = self.unseen.as_mut() {
+            u.found += 1;
+        }
+    }
+
     /// Waits for the watcher (or the rescan interval) to say there is something to read.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
         let until_scan = self
@@ -995,7 +1147,7 @@ impl Tailer {
         match self.watcher.as_mut() {
             Some(w) => {
                 let wake = w.wait(timeout)?;
-                self.rescan |= wake.names_changed;
+                self.take_wake(wake);
             }
             None => std::thread::sleep(timeout),
         }

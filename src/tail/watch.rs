@@ -21,6 +21,10 @@ pub struct Wake {
     pub modified: bool,
     /// A file was created, renamed or deleted, or events were lost: names must be rescanned.
     pub names_changed: bool,
+    /// Files created under the name given to [`Watcher::count_creations_of`].
+    pub created: u64,
+    /// The kernel's event queue overflowed: events (and creations) were lost.
+    pub overflow: bool,
 }
 
 impl Wake {
@@ -33,6 +37,7 @@ pub struct Watcher {
     inotify: Inotify,
     dirs: Vec<(PathBuf, WatchDescriptor)>,
     buf: Vec<u8>,
+    counted_name: Option<std::ffi::OsString>,
 }
 
 impl Watcher {
@@ -41,7 +46,14 @@ impl Watcher {
             inotify: Inotify::init()?,
             dirs: Vec::new(),
             buf: vec![0; 16 * 1024],
+            counted_name: None,
         })
+    }
+
+    /// Counts the files created under this name (in any watched directory) in
+    /// [`Wake::created`]: the tailer's check that no file came and went unseen.
+    pub fn count_creations_of(&mut self, name: &std::ffi::OsStr) {
+        self.counted_name = Some(name.to_owned());
     }
 
     /// Watches `dir` (once; watching a directory again is a no-op).
@@ -83,6 +95,15 @@ impl Watcher {
                     wake.modified = true;
                 } else {
                     wake.names_changed = true;
+                }
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    wake.overflow = true;
+                }
+                if event.mask.contains(EventMask::CREATE)
+                    && event.name.is_some()
+                    && event.name == self.counted_name.as_deref()
+                {
+                    wake.created += 1;
                 }
                 if event
                     .mask
