@@ -22,6 +22,7 @@ pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    crate::fault::crash_point("state_file_synced");
     drop(f);
     fs::rename(&tmp, &target)?;
     sync_dir(dir)

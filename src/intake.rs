@@ -291,6 +291,7 @@ impl Sender {
         match answer {
             Answer::Accepted => {
                 self.health.attempts[0] += 1;
+                crate::fault::crash_point("intake_accepted");
                 if let Err(e) = s.ack(seg) {
                     return self.failed(format!("deleting {}: {e}", seg.file_name()));
                 }

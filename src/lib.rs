@@ -14,6 +14,7 @@
 //! - [`intake`]: posts spooled batches to the SEKOIA.IO intake over HTTPS (ureq + rustls).
 //! - [`timestamp`]: the API server's RFC 3339 times, for batching by event time.
 //! - [`durable`]: write-tmp, fsync, rename, fsync-dir: how state reaches disk.
+//! - [`fault`]: test-only crash points inside those steps.
 //! - [`cmd`]: the subcommands.
 
 pub mod batch;
@@ -21,6 +22,7 @@ pub mod cmd;
 pub mod config;
 pub mod durable;
 pub mod extract;
+pub mod fault;
 pub mod filter;
 pub mod intake;
 pub mod lines;

@@ -232,8 +232,11 @@ impl Spool {
                 None => f.write_all(data)?,
             }
             f.sync_all()?;
+            crate::fault::crash_point("spool_segment_synced");
             fs::rename(&tmp, self.dir.join(&name))?;
-            durable::sync_dir(&self.dir)
+            durable::sync_dir(&self.dir)?;
+            crate::fault::crash_point("spool_segment_stored");
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
