@@ -89,6 +89,21 @@ fn start_with(config: &Path, env: &[(&str, &str)]) -> Service {
     ))
 }
 
+/// For the crash tests: a work dir, the intake emulator and a config without metrics.
+fn crash_rig(name: &str) -> (PathBuf, Emulator, PathBuf) {
+    let dir = workdir(name);
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let log = dir.join("logs").join("audit.log");
+    let cfg = config(
+        &dir,
+        &log,
+        &intake,
+        &Options::default().key,
+        "metrics_address: \"off\"\n",
+    );
+    (dir, intake, cfg)
+}
+
 /// An apiserver-like writer in a thread: ~2,000 events/s, 1 MiB files, gzip, enough backups
 /// to outlive the restarts. Set the flag to stop it; it returns the identities written and
 /// its rotations.
@@ -382,17 +397,7 @@ fn sigkill_at_random_moments_loses_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let dir = workdir("kill");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let log = dir.join("logs").join("audit.log");
-    let cfg = config(
-        &dir,
-        &log,
-        &intake,
-        &Options::default().key,
-        "metrics_address: \"off\"\n",
-    );
-
+    let (dir, intake, cfg) = crash_rig("kill");
     let (stop_writing, writer) = spawn_writer(dir.join("logs"));
     let mut rng = Rng::new(0x5eed_0001);
     for _ in 0..kills {
@@ -431,16 +436,7 @@ fn a_crash_inside_each_durability_step_loses_nothing() {
         "state_file_synced",
         "intake_accepted",
     ];
-    let dir = workdir("crashpoints");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let log = dir.join("logs").join("audit.log");
-    let cfg = config(
-        &dir,
-        &log,
-        &intake,
-        &Options::default().key,
-        "metrics_address: \"off\"\n",
-    );
+    let (dir, intake, cfg) = crash_rig("crashpoints");
     let (stop_writing, writer) = spawn_writer(dir.join("logs"));
     for point in points {
         for nth in ["1", "3"] {
