@@ -81,7 +81,10 @@ fn start_with(config: &Path, env: &[(&str, &str)]) -> Service {
         Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KAS_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
@@ -142,14 +145,25 @@ fn deliver_all_after_crashes(
     ids: &[String],
 ) -> (usize, usize, u32, u32, Vec<serde_json::Value>) {
     let child = start(cfg);
-    wait_for(
-        "every event after the crashes",
-        Duration::from_secs(120),
-        || {
-            let (events, _) = received(intake);
-            ids.iter().all(|id| events.contains_key(id))
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (events, records) = received(intake);
+        let missing: Vec<usize> = (0..ids.len())
+            .filter(|&i| !events.contains_key(&ids[i]))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {} events missing, first indexes {:?}, last {:?}; records {records:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(5)],
+            missing.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     let (events, records) = received(intake);

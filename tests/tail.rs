@@ -705,6 +705,37 @@ fn files_that_come_and_go_while_the_reader_stalls_are_reported() {
 }
 
 #[test]
+fn more_backups_than_open_files_are_read_in_turn_after_a_restart() {
+    let logs = tmpdir("many-logs");
+    let state = tmpdir("many-state");
+    // 24 lines per file, 40 gzip backups kept; at most 4 rotated files open at a time.
+    let mut w = AuditWriter::new(&logs, 5_000, 40, true);
+    let mut cfg = config(&logs, &state);
+    cfg.max_rotated_open = 4;
+    // About one file per poll, so that files wait for their turn.
+    cfg.read_budget = 4096;
+    for seq in 0..10 {
+        w.write_line(&line(seq, 200));
+    }
+    let (mut t, _) = Tailer::open(cfg.clone()).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(5), |s| s.seqs.len() == 10);
+    drop(t);
+    // While down: 16 rotations, 4 times the open-file budget.
+    for seq in 10..400 {
+        w.write_line(&line(seq, 200));
+    }
+    assert!(w.rotations >= 16, "{}", w.rotations);
+    let (mut t, _) = Tailer::open(cfg).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(10), |s| {
+        s.seqs.last() == Some(&399)
+    });
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_eq!(seen.seqs, (10..400).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_restarted_api_server_appending_to_the_same_file_is_followed_on() {
     let logs = tmpdir("append-logs");
     let state = tmpdir("append-state");

@@ -85,6 +85,9 @@ impl Checkpoints {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A first start: the next save writes even with nothing to record, so that
+                // a restart knows when this one began (see `saved_at`).
+                store.dirty = true;
                 return Ok((store, Some(LoadProblem::Missing)));
             }
             Err(e) => return Err(e),
@@ -103,6 +106,7 @@ impl Checkpoints {
                 let moved_to = dir.join(format!("{name}.corrupt"));
                 std::fs::rename(&path, &moved_to)?;
                 durable::sync_dir(dir)?;
+                store.dirty = true;
                 Ok((store, Some(LoadProblem::Corrupt { reason, moved_to })))
             }
         }

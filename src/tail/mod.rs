@@ -265,6 +265,7 @@ pub struct Tailer {
     /// with the number of scans so far; while there are any, current files are not read
     /// (they are newer, and lines come out in write order).
     deferred: Vec<((u64, u64, i64), u32)>,
+    pending: std::collections::VecDeque<Pending>,
     /// The count of files created under the followed name against the files found; `None`
     /// without inotify or when the name is a glob.
     unseen: Option<UnseenCheck>,
@@ -286,6 +287,19 @@ struct UnseenCheck {
 }
 
 const UNSEEN_SCANS: u32 = 3;
+
+/// A file start-up found to read but has not opened yet: backups beyond the open-file budget
+/// wait here (oldest first) rather than be given up, and current files are not read while
+/// any wait (they are newer).
+struct Pending {
+    path: PathBuf,
+    gz: bool,
+    offset: u64,
+    serial: Option<u64>,
+    rotated: bool,
+    expect: Option<(u64, u64)>,
+    size: u64,
+}
 
 /// A checkpointed, unfinished file that start-up could not open: not found in the listing, or
 /// renamed or compressed between the listing and the open. A directory mid-rotation looks
@@ -348,13 +362,16 @@ fn gz_twins(candidates: &[Candidate]) -> Vec<PathBuf> {
     candidates
         .iter()
         .filter(|c| !c.gz)
-        .map(|c| {
-            let mut name = c.path.clone().into_os_string();
-            name.push(".gz");
-            PathBuf::from(name)
-        })
+        .map(|c| gz_twin_of(&c.path))
         .filter(|gz| candidates.iter().any(|c| c.gz && &c.path == gz))
         .collect()
+}
+
+/// `<path>.gz`: where a compressed backup of `path` is written.
+fn gz_twin_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".gz");
+    PathBuf::from(name)
 }
 
 fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
@@ -415,10 +432,17 @@ impl Tailer {
             known_siblings: Vec::new(),
             orphans: Vec::new(),
             deferred: Vec::new(),
+            pending: std::collections::VecDeque::new(),
             unseen: None,
             cfg,
         };
         tailer.recover()?;
+        // A first start is saved at once: if it ends before its first commit, the next start
+        // is not a first start again (which would skip the backups rotated meanwhile as
+        // history) but reads every backup written since this moment.
+        if problem.is_some() {
+            tailer.save()?;
+        }
         // Count creations from here on (what start-up listed is the baseline).
         if let (Some(w), Some(name)) = (tailer.watcher.as_mut(), literal_name) {
             w.count_creations_of(std::ffi::OsStr::new(&name));
@@ -632,41 +656,104 @@ impl Tailer {
         });
         for (i, offset, serial) in follow {
             let c = &candidates[i];
-            let expect = Some((c.dev, c.ino)).filter(|_| !c.gz);
-            let result = self.follow(&c.path, c.gz, offset, serial, !c.current, expect);
-            let moved = match &result {
-                Ok(None) => true,
-                Err(e) => e.kind() == io::ErrorKind::NotFound,
-                Ok(Some(_)) => false,
+            let p = Pending {
+                path: c.path.clone(),
+                gz: c.gz,
+                offset,
+                serial,
+                rotated: !c.current,
+                expect: Some((c.dev, c.ino)).filter(|_| !c.gz),
+                size: c.size,
             };
-            if let (true, Some(s)) = (moved, serial) {
-                // Renamed (or compressed) since the listing: the scans look for it again.
-                self.orphans.push(Orphan {
-                    serial: s,
-                    misses: 0,
-                });
-                self.rescan = true;
-                continue;
-            }
-            if let Err(e) = result {
-                cannot_follow(&c.path, &e);
-                if let Some(s) = serial {
-                    let entry = self.store.get(s).cloned();
-                    if let Some(entry) = entry {
-                        self.gaps.push(Gap {
-                            path: c.path.clone(),
-                            bytes: entry.size_seen.saturating_sub(entry.committed),
-                            exact: entry.final_size,
-                            reason: GapReason::Unreadable(e.to_string()),
-                        });
-                        self.store.remove(s);
-                    }
-                }
+            // Backups beyond the open-file budget wait their turn, unopened.
+            if p.rotated && self.rotated_open() >= self.cfg.max_rotated_open {
+                self.pending.push_back(p);
+            } else {
+                self.open_recovered(p);
             }
         }
         self.last_scan = Instant::now();
         self.rescan |= !self.orphans.is_empty();
         Ok(())
+    }
+
+    fn rotated_open(&self) -> usize {
+        self.files.iter().filter(|t| t.rotated).count()
+    }
+
+    /// Opens backups waiting in `pending` while the open-file budget allows, oldest first.
+    fn open_pending(&mut self) {
+        while !self.pending.is_empty() && self.rotated_open() < self.cfg.max_rotated_open {
+            if let Some(p) = self.pending.pop_front() {
+                self.open_recovered(p);
+            }
+        }
+    }
+
+    /// Whether `c` is a backup waiting in `pending` (or the `.gz` of one).
+    fn is_pending(&self, c: &Candidate) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.path == c.path || c.gz && !p.gz && gz_twin_of(&p.path) == c.path)
+    }
+
+    /// Follows a file found at start-up. One that moved since the listing is looked for by
+    /// the next scans (checkpointed) or taken in its `.gz` (compressed meanwhile); one that
+    /// is gone is reported.
+    fn open_recovered(&mut self, p: Pending) {
+        let result = self.follow(&p.path, p.gz, p.offset, p.serial, p.rotated, p.expect);
+        let moved = match &result {
+            Ok(None) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+            Ok(Some(_)) => false,
+        };
+        if let (true, Some(s)) = (moved, p.serial) {
+            // Renamed (or compressed) since the listing: the scans look for it again.
+            self.orphans.push(Orphan {
+                serial: s,
+                misses: 0,
+            });
+            self.rescan = true;
+            return;
+        }
+        if moved {
+            if !p.gz {
+                // Compressed since the listing: the same content, under `<name>.gz`.
+                let gz = gz_twin_of(&p.path);
+                if self
+                    .follow(&gz, true, p.offset, None, true, None)
+                    .is_ok_and(|s| s.is_some())
+                {
+                    return;
+                }
+            }
+            self.gaps.push(Gap {
+                path: p.path.clone(),
+                bytes: if p.gz {
+                    0
+                } else {
+                    p.size.saturating_sub(p.offset)
+                },
+                exact: !p.gz,
+                reason: GapReason::Deleted,
+            });
+            return;
+        }
+        if let Err(e) = result {
+            cannot_follow(&p.path, &e);
+            if let Some(s) = p.serial {
+                let entry = self.store.get(s).cloned();
+                if let Some(entry) = entry {
+                    self.gaps.push(Gap {
+                        path: p.path.clone(),
+                        bytes: entry.size_seen.saturating_sub(entry.committed),
+                        exact: entry.final_size,
+                        reason: GapReason::Unreadable(e.to_string()),
+                    });
+                    self.store.remove(s);
+                }
+            }
+        }
     }
 
     /// Starts following `path` at `offset`, for entry `serial` (a new entry if `None`).
@@ -812,6 +899,10 @@ impl Tailer {
             let key = (c.dev, c.ino, c.mtime_micros);
             if let Some(t) = self.files.iter_mut().find(|t| t.rotated && c.is(&t.id)) {
                 t.path = c.path.clone();
+                still_known.push(key);
+                continue;
+            }
+            if self.is_pending(c) {
                 still_known.push(key);
                 continue;
             }
@@ -975,9 +1066,11 @@ impl Tailer {
             self.limit_rotated(&mut on);
             return polled;
         }
+        self.open_pending();
+        let hold_current = !self.deferred.is_empty() || !self.pending.is_empty();
         let mut k = 0;
         while k < self.files.len() {
-            if !self.deferred.is_empty() && !self.files[k].rotated {
+            if hold_current && !self.files[k].rotated {
                 // A missed older file is not identified yet (see `deferred`).
                 k += 1;
                 continue;
@@ -1053,6 +1146,8 @@ impl Tailer {
             k += 1;
         }
         self.limit_rotated(&mut on);
+        // Backups still waiting to be opened: come back at once.
+        polled.more |= !self.pending.is_empty();
         polled
     }
 
