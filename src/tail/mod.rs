@@ -716,6 +716,17 @@ impl Tailer {
             self.rescan = true;
             return;
         }
+        if moved && !p.rotated {
+            // A current file rotated since the listing: the next scan finds it as a backup.
+            self.rescan = true;
+            return;
+        }
+        if matches!(result, Ok(None)) {
+            // Renamed since the listing (a backup being compressed keeps its name until its
+            // `.gz` is complete): the next scan sorts it out.
+            self.rescan = true;
+            return;
+        }
         if moved {
             if !p.gz {
                 // Compressed since the listing: the same content, under `<name>.gz`.
