@@ -739,7 +739,6 @@ impl Tailer {
                 }
             }
             self.gaps.push(Gap {
-                path: p.path.clone(),
                 bytes: if p.gz {
                     0
                 } else {
@@ -747,6 +746,7 @@ impl Tailer {
                 },
                 exact: !p.gz,
                 reason: GapReason::Deleted,
+                path: p.path,
             });
             return;
         }
