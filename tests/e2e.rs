@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::apiserver::{AuditWriter, fresh_event, get_string};
 use support::corpus::{Rng, samples};
-use support::intake::{Emulator, Options};
+use support::intake::{Emulator, Fault, Options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-audit-shipper");
 
@@ -87,6 +87,20 @@ fn start_with(config: &Path, env: &[(&str, &str)]) -> Service {
             )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// The service with its stderr (the log) going to `log`.
+fn start_logged(config: &Path, log: &Path) -> Service {
+    Service(Some(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap(),
     ))
@@ -218,9 +232,27 @@ fn metrics(port: u16) -> HashMap<String, u64> {
     };
     let mut out = HashMap::new();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap().to_string();
-        let v: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let (series, v) = line.rsplit_once(' ').unwrap();
+        let v: u64 = v.parse().unwrap();
+        let name = series.split('{').next().unwrap().to_string();
         *out.entry(name).or_default() += v;
+        // A labelled series is also kept under its labels, e.g. `kas_x{outcome="busy"}`
+        // (the `file` label dropped: these tests have one file).
+        if let Some((_, labels)) = series.split_once('{') {
+            let rest: Vec<&str> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.starts_with("file="))
+                .collect();
+            if !rest.is_empty() {
+                let key = format!(
+                    "{}{{{}}}",
+                    series.split('{').next().unwrap(),
+                    rest.join(",")
+                );
+                *out.entry(key).or_default() += v;
+            }
+        }
     }
     out
 }
@@ -571,9 +603,226 @@ fn an_outage_past_the_spool_cap_evicts_bulk_only_and_reports_it() {
 }
 
 #[test]
-fn a_refused_key_fails_health_keeps_everything_and_a_fixed_key_delivers_it() {
-    let dir = workdir("key");
+fn every_intake_fault_is_retried_and_loses_nothing() {
+    // DESIGN.md §7 through the binary: each fault class once, separated by normal answers so
+    // the backoff starts over each time (it doubles from 1 s on consecutive failures).
+    let dir = workdir("faults");
     let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 20, false);
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &format!(
+            "metrics_address: 127.0.0.1:{port}\nbatch_max_events: 40\nrequest_timeout_secs: 1\n"
+        ),
+    );
+    let timeout_fault = Duration::from_millis(2500);
+    let script = [
+        Fault::Status(500),
+        Fault::Pass,
+        Fault::Status(502),
+        Fault::Pass,
+        Fault::Status(400),
+        Fault::Pass,
+        Fault::ResetMidBody,
+        Fault::Pass,
+        Fault::Delay(timeout_fault),
+        Fault::Pass,
+        Fault::RetryAfter(429, 2),
+        Fault::Pass,
+        Fault::RetryAfter(503, 1),
+        Fault::Pass,
+        Fault::Status(503), // no Retry-After: backoff
+        Fault::Pass,
+        Fault::Status(413),
+    ];
+    intake.script(script.clone());
+    // The events are written first, so the spool holds more segments than the script has
+    // steps and every step meets a real batch.
+    let samples = samples();
+    let ids: Vec<String> = (0..2000)
+        .map(|i| {
+            let (line, id) = fresh_event(&samples, 6, i);
+            writer.write_line(&line);
+            id
+        })
+        .collect();
+    let log = dir.join("service.log");
+    let child = start_logged(&cfg, &log);
+    wait_for("every event", Duration::from_secs(90), || {
+        let (events, _) = received(&intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+    let m = metrics(port);
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+
+    let mut requests = intake.requests();
+    // In arrival order (the delayed answer is recorded after later requests).
+    requests.sort_by_key(|r| r.at);
+    assert!(intake.state.lock().unwrap().script.is_empty());
+    let (events, records) = received(&intake);
+    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    eprintln!(
+        "faults: {} events in {} requests, statuses {:?}…, {dups} duplicates, metrics: \
+         accepted {} too_large {} busy {} failed {} split {}",
+        ids.len(),
+        requests.len(),
+        &statuses[..statuses.len().min(24)],
+        m["kas_send_attempts_total{outcome=\"accepted\"}"],
+        m["kas_send_attempts_total{outcome=\"too_large\"}"],
+        m["kas_send_attempts_total{outcome=\"busy\"}"],
+        m["kas_send_attempts_total{outcome=\"failed\"}"],
+        m["kas_segments_split_total"],
+    );
+    assert!(records.is_empty(), "records: {records:?}");
+    // Only the batch whose answer came after the client's timeout may arrive twice.
+    assert!(dups <= 40, "{dups} duplicates");
+    assert_eq!(m["kas_send_attempts_total{outcome=\"too_large\"}"], 1);
+    assert_eq!(m["kas_segments_split_total"], 1);
+    assert_eq!(m["kas_send_attempts_total{outcome=\"busy\"}"], 3);
+    // 500, 502, 400, the reset and the timeout (the server's late 200 is not seen).
+    assert_eq!(m["kas_send_attempts_total{outcome=\"failed\"}"], 5);
+    assert_eq!(m["kas_send_attempts_total{outcome=\"key_refused\"}"], 0);
+    // Retry-After is honoured: the next request comes no sooner than it asked.
+    let mut honoured = 0;
+    for pair in requests.windows(2) {
+        if let Some(secs) = pair[0].retry_after {
+            let waited = pair[1].at.duration_since(pair[0].at);
+            assert!(
+                waited >= Duration::from_secs(secs) - Duration::from_millis(50),
+                "waited {waited:?} after Retry-After: {secs}"
+            );
+            honoured += 1;
+        }
+    }
+    assert_eq!(honoured, 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for said in [
+        "HTTP 500",
+        "HTTP 502",
+        "HTTP 400",
+        "intake busy",
+        "split in two",
+    ] {
+        assert!(
+            text.contains(said),
+            "the log does not say {said:?}:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains(&Options::default().key),
+        "the key is in the log"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_absent_or_untrusted_intake_is_retried_and_sent_nothing() {
+    // Connection refused, then a server whose certificate the configured CA did not sign:
+    // both are transport failures (backoff, forever). Nothing may reach the untrusted server;
+    // once the configuration is right, everything is delivered exactly once.
+    let dir = workdir("transport");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let impostor = Emulator::start(&dir.join("impostor"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 20, false);
+    let port = free_port();
+    let samples = samples();
+    let ids: Vec<String> = (0..300)
+        .map(|i| {
+            let (line, id) = fresh_event(&samples, 7, i);
+            writer.write_line(&line);
+            id
+        })
+        .collect();
+    let key = Options::default().key;
+    let config_for = |url: &str, ca: &Path| {
+        let path = config(
+            &dir,
+            &writer.path(),
+            &intake,
+            &key,
+            &format!("metrics_address: 127.0.0.1:{port}\n"),
+        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&intake.url, url)
+            .replace(
+                &intake.ca_file.display().to_string(),
+                &ca.display().to_string(),
+            );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let failed = || metrics(port)["kas_send_attempts_total{outcome=\"failed\"}"];
+    let nobody = format!("https://127.0.0.1:{}", free_port());
+    let log = dir.join("service.log");
+    for (what, url) in [
+        ("refused", nobody.as_str()),
+        ("untrusted", impostor.url.as_str()),
+    ] {
+        let cfg = config_for(url, &intake.ca_file);
+        let child = start_logged(&cfg, &log);
+        wait_for(
+            &format!("{what}: a failed attempt"),
+            Duration::from_secs(20),
+            || failed() >= 1,
+        );
+        let m = metrics(port);
+        assert_eq!(
+            m["kas_healthy"], 1,
+            "{what}: one failure is not yet unhealthy"
+        );
+        let (code, _) = stop(child);
+        assert_eq!(code, Some(0));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("sending failed"), "{what}: {text}");
+        assert!(!text.contains(&key), "the key is in the log");
+        if what == "untrusted" {
+            assert!(text.to_lowercase().contains("certificate"), "{text}");
+            assert!(impostor.state.lock().unwrap().connections > 0);
+        }
+    }
+    assert!(
+        impostor.events().is_empty(),
+        "events sent to an untrusted server"
+    );
+    assert!(impostor.requests().is_empty());
+    assert!(intake.events().is_empty());
+
+    let cfg = config_for(&intake.url, &intake.ca_file);
+    let child = start(&cfg);
+    wait_for("delivery", Duration::from_secs(30), || {
+        let (events, _) = received(&intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let (events, records) = received(&intake);
+    assert!(events.values().all(|&n| n == 1), "duplicates");
+    assert!(records.is_empty(), "{records:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_key_fails_health_keeps_everything_and_a_fixed_key_delivers_it() {
+    // The three answers that mean "key or subscription refused" (DESIGN.md §7).
+    for status in [401, 403, 422] {
+        refused_key_then_fixed(status);
+    }
+}
+
+fn refused_key_then_fixed(status: u16) {
+    let dir = workdir(&format!("key-{status}"));
+    let options = Options {
+        wrong_key_status: status,
+        ..Options::default()
+    };
+    let intake = Emulator::start(&dir.join("intake"), options);
     let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 20, false);
     let port = free_port();
     let extra = format!("metrics_address: 127.0.0.1:{port}\n");
@@ -582,13 +831,13 @@ fn a_refused_key_fails_health_keeps_everything_and_a_fixed_key_delivers_it() {
     let samples = samples();
     let ids: Vec<String> = (0..500)
         .map(|i| {
-            let (line, id) = fresh_event(&samples, 4, i);
+            let (line, id) = fresh_event(&samples, 4, i + u64::from(status) * 1000);
             writer.write_line(&line);
             id
         })
         .collect();
     wait_for("the key refusal", Duration::from_secs(20), || {
-        metrics(port)["kas_intake_key_refused"] == 401
+        metrics(port)["kas_intake_key_refused"] == u64::from(status)
     });
     let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");

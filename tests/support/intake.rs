@@ -33,11 +33,17 @@ pub enum Fault {
     ResetMidBody,
     /// Answer normally after this long.
     Delay(Duration),
+    /// Answer normally (spaces faults apart, so the client's backoff starts over).
+    Pass,
 }
 
 #[derive(Clone, Debug)]
 pub struct Request {
+    /// When the request had arrived (its body read; before any scripted delay).
+    pub at: std::time::Instant,
     pub status: u16,
+    /// The `Retry-After` seconds sent with the answer.
+    pub retry_after: Option<u64>,
     pub events: usize,
     pub timestamp: Option<String>,
     pub gzip: bool,
@@ -248,6 +254,7 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+        let at = std::time::Instant::now();
         let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
         buf.drain(..head_end + len);
         let gzip = header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
@@ -263,7 +270,12 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
             _ => handle(&state, key, &body, gzip),
         };
         state.lock().unwrap().requests.push(Request {
+            at,
             status,
+            retry_after: match fault {
+                Some(Fault::RetryAfter(_, secs)) => Some(secs),
+                _ => None,
+            },
             events,
             timestamp,
             gzip,
