@@ -50,6 +50,59 @@ const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a stop waits for the senders to finish their current step.
 const SENDER_GRACE: Duration = Duration::from_secs(2);
 
+/// Warnings about single lines (not an audit event, over `max_line_bytes`) per file and
+/// minute. A log full of garbage must not flood journald on a small node; every line is
+/// still counted in the metrics and reported in-band, so only the log is thinned.
+const LINE_WARNINGS_PER_MINUTE: u32 = 10;
+
+/// The budget of [`LINE_WARNINGS_PER_MINUTE`].
+struct LineWarnings {
+    window: Instant,
+    used: u32,
+    held_back: u64,
+}
+
+impl LineWarnings {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn new() -> LineWarnings {
+        LineWarnings {
+            window: Instant::now(),
+            used: 0,
+            held_back: 0,
+        }
+    }
+
+    /// Whether one more line warning about `file` may be logged now. Says so once when the
+    /// budget runs out, and how many were held back when the next window's first one comes.
+    fn allow(&mut self, file: &Path) -> bool {
+        if self.window.elapsed() >= Self::WINDOW {
+            if self.held_back > 0 {
+                log::warn!(
+                    "{}: {} more bad lines in the last minute were not logged one by one",
+                    file.display(),
+                    self.held_back
+                );
+            }
+            *self = LineWarnings::new();
+        }
+        if self.used < LINE_WARNINGS_PER_MINUTE {
+            self.used += 1;
+            return true;
+        }
+        if self.held_back == 0 {
+            log::warn!(
+                "{}: more than {LINE_WARNINGS_PER_MINUTE} bad lines this minute; the rest are \
+                 counted (kas_lines_rejected_total, kas_lines_too_long_total) and reported \
+                 in-band, not logged one by one",
+                file.display()
+            );
+        }
+        self.held_back += 1;
+        false
+    }
+}
+
 /// Per file: the start of its first line in a batch (or the end of its last line read).
 type Marks = Vec<(u64, u64)>;
 
@@ -104,6 +157,7 @@ struct Stage {
     moved: bool,
     sender: Option<Thread>,
     last_error_log: Option<Instant>,
+    line_warnings: LineWarnings,
 }
 
 struct Pipeline {
@@ -137,11 +191,13 @@ impl Stage {
                 self.m.bytes_read.add(pos.end - offset);
                 self.m.lines_too_long.inc();
                 self.m.bytes_lost.add(len);
-                log::warn!(
-                    "{}: line at offset {offset} is {len} bytes, over max_line_bytes; skipped \
-                     and reported as a gap",
-                    path.display()
-                );
+                if self.line_warnings.allow(path) {
+                    log::warn!(
+                        "{}: line at offset {offset} is {len} bytes, over max_line_bytes; \
+                         skipped and reported as a gap",
+                        path.display()
+                    );
+                }
                 let loss = Loss {
                     reason: "line_too_long",
                     file: path,
@@ -216,11 +272,13 @@ impl Stage {
             }
             Err(e) => {
                 self.m.lines_rejected.inc();
-                log::warn!(
-                    "{}: line at offset {offset} is not an audit event ({e}); forwarded as an \
-                     unparsed record",
-                    path.display()
-                );
+                if self.line_warnings.allow(path) {
+                    log::warn!(
+                        "{}: line at offset {offset} is not an audit event ({e}); forwarded as \
+                         an unparsed record",
+                        path.display()
+                    );
+                }
                 records::unparsed(
                     &mut self.out,
                     &self.host,
@@ -478,6 +536,7 @@ impl Pipeline {
                 moved: false,
                 sender: None,
                 last_error_log: None,
+                line_warnings: LineWarnings::new(),
             },
             last_save: Instant::now(),
         })
@@ -804,5 +863,23 @@ fn reader_loop(pipelines: &mut [Pipeline], signals: &Signals) -> Result<(), Stri
             thread::sleep(MIN_WAKE_INTERVAL - since);
         }
         // Readiness is edge-triggered: each tailer drains its inotify queue in step().
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_warnings_are_limited_per_minute_and_the_rest_counted() {
+        let file = Path::new("/logs/audit.log");
+        let mut w = LineWarnings::new();
+        let allowed = (0..25).filter(|_| w.allow(file)).count();
+        assert_eq!(allowed, LINE_WARNINGS_PER_MINUTE as usize);
+        assert_eq!(w.held_back, 15);
+        // A new minute: the budget is back and the count starts over.
+        w.window -= LineWarnings::WINDOW;
+        assert!(w.allow(file));
+        assert_eq!((w.used, w.held_back), (1, 0));
     }
 }

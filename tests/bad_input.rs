@@ -78,23 +78,7 @@ fn mutated_events_never_panic_and_any_output_is_valid() {
     let mut rejected = 0;
     for i in 0..20_000 {
         let mut line = events[i % events.len()].as_bytes().to_vec();
-        for _ in 0..=rng.below(4) {
-            let at = rng.below(line.len() as u64) as usize;
-            match rng.below(5) {
-                0 => line[at] = rng.next() as u8,
-                1 => line.truncate(at),
-                2 => {
-                    line.insert(at, rng.pick(b"{}[]\",:\\"));
-                }
-                3 => {
-                    line.remove(at);
-                }
-                _ => line[at] ^= 0x80,
-            }
-            if line.is_empty() {
-                line.push(b'{');
-            }
-        }
+        corpus::mutate(&mut rng, &mut line);
         let len = line.len();
         line.resize(len + 64, 0);
         let format = rng.pick(&[Format::Audit, Format::Ecs, Format::Raw]);

@@ -52,12 +52,17 @@ impl AuditWriter {
 
     /// Writes one line (a newline is added) in one write call, rotating first if needed.
     pub fn write_line(&mut self, line: &str) {
+        self.write_bytes(line.as_bytes());
+    }
+
+    /// [`AuditWriter::write_line`] for any bytes (a newline inside makes two lines).
+    pub fn write_bytes(&mut self, line: &[u8]) {
         let len = line.len() as u64 + 1;
         if self.size > 0 && self.size + len > self.max_size {
             self.rotate();
         }
         let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
+        buf.extend_from_slice(line);
         buf.push(b'\n');
         self.file.write_all(&buf).unwrap();
         self.size += len;

@@ -453,6 +453,26 @@ pub fn event(rng: &mut Rng, shape: &Shape) -> String {
 }
 
 /// `n` events drawn with [`Shape::random`].
+/// One to five random edits of a line: a byte replaced or its high bit flipped, a cut, a
+/// JSON punctuation byte inserted, a byte removed. Never empty.
+pub fn mutate(rng: &mut Rng, line: &mut Vec<u8>) {
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(line.len() as u64) as usize;
+        match rng.below(5) {
+            0 => line[at] = rng.next() as u8,
+            1 => line.truncate(at),
+            2 => line.insert(at, rng.pick(b"{}[]\",:\\")),
+            3 => {
+                line.remove(at);
+            }
+            _ => line[at] ^= 0x80,
+        }
+        if line.is_empty() {
+            line.push(b'{');
+        }
+    }
+}
+
 pub fn corpus(seed: u64, n: usize) -> Vec<String> {
     let mut rng = Rng::new(seed);
     (0..n)
