@@ -10,27 +10,44 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Replaces `dir/name` with `bytes`, durably. The temporary file is `dir/.name.tmp`.
+/// Replaces `dir/name` with `bytes`, durably. The temporary file is `dir/.name.tmp`; it is
+/// removed again when writing or renaming fails (a full disk must not keep a half-written copy), and the
+/// error names the file.
 pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(at(&tmp, e));
+    }
     crate::fault::crash_point("state_file_synced");
-    drop(f);
-    fs::rename(&tmp, &target)?;
+    if let Err(e) = fs::rename(&tmp, &target) {
+        let _ = fs::remove_file(&tmp);
+        return Err(at(&target, e));
+    }
     sync_dir(dir)
+}
+
+/// The error, with the path it happened at (same kind).
+pub fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| at(dir, e))
 }
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
@@ -60,6 +77,12 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.join(".state.tmp").exists());
+        // A failed write leaves neither a temporary file nor a changed target, and says where.
+        fs::create_dir(dir.join("occupied")).unwrap();
+        let e = replace(&dir, "occupied", b"three").unwrap_err();
+        assert!(e.to_string().contains("occupied"), "{e}");
+        assert!(!dir.join(".occupied.tmp").exists());
+        assert!(dir.join("occupied").is_dir());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

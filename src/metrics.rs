@@ -73,6 +73,8 @@ pub struct FileMetrics {
     pub events_evicted: Value,
     pub segments_evicted: Value,
     pub spool_write_errors: Value,
+    /// Failed checkpoint saves (retried; reading goes on, a restart re-reads more).
+    pub checkpoint_save_errors: Value,
     pub reader_paused: Value,
     // Sender side.
     pub events_shipped: Value,
@@ -263,9 +265,15 @@ impl Metrics {
                 |f| f.spool_write_errors.get(),
             ),
             (
+                "checkpoint_save_errors_total",
+                "counter",
+                "Failed checkpoint saves (retried).",
+                |f| f.checkpoint_save_errors.get(),
+            ),
+            (
                 "reader_paused",
                 "gauge",
-                "1 while reading is paused because the spool is full.",
+                "1 while reading is paused: the spool is full of critical events or cannot be written.",
                 |f| f.reader_paused.get(),
             ),
             (

@@ -570,7 +570,10 @@ impl Pipeline {
                 stage.moved = false;
                 self.last_save = Instant::now();
             }
-            Err(e) => stage.complain(|| format!("cannot save the checkpoint: {e}")),
+            Err(e) => {
+                stage.m.checkpoint_save_errors.inc();
+                stage.complain(|| format!("cannot save the checkpoint: {e}; retrying"));
+            }
         }
     }
 

@@ -1054,6 +1054,266 @@ fn refused_key_then_fixed(status: u16) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A mount made by a test (root only), undone on drop even if the test fails.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    /// `mount` with these arguments, the target last; `None` when not permitted (not root).
+    fn new(args: &[&str], target: &Path) -> Option<Mounted> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting {} needs root", target.display());
+            return None;
+        }
+        std::fs::create_dir_all(target).unwrap();
+        let status = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount {args:?} {}", target.display());
+        Some(Mounted(target.to_owned()))
+    }
+
+    /// A bind mount of `dir` onto itself, made read-only.
+    fn read_only(dir: &Path) -> Option<Mounted> {
+        let m = Mounted::new(&["--bind", &dir.display().to_string()], dir)?;
+        let status = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount read-only {}", dir.display());
+        Some(m)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` up to `leave` free bytes with a file; returns its path.
+fn fill_disk(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(leave)).unwrap();
+    f.sync_all().unwrap();
+    path
+}
+
+/// The state directory after a failure: no temporary files, every segment a complete gzip
+/// stream, every checkpoint file loadable. Returns the segments checked.
+fn check_state_intact(state: &Path) -> usize {
+    let mut segments = 0;
+    for entry in std::fs::read_dir(state.join("spool")).unwrap() {
+        let spool = entry.unwrap().path();
+        let tmp: Vec<_> = std::fs::read_dir(spool.join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "left in {}/tmp: {tmp:?}", spool.display());
+        for seg in std::fs::read_dir(&spool).unwrap() {
+            let seg = seg.unwrap().path();
+            if seg.is_file() {
+                let body = std::fs::read(&seg).unwrap();
+                let mut out = Vec::new();
+                flate2::read::MultiGzDecoder::new(&body[..])
+                    .read_to_end(&mut out)
+                    .unwrap_or_else(|e| panic!("{}: {e}", seg.display()));
+                segments += 1;
+            }
+        }
+    }
+    for entry in std::fs::read_dir(state).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "left: {}", path.display());
+        if path.is_file() && name != "lock" && name != "filler" {
+            // Loaded from a copy: a damaged file would be moved aside.
+            let copy = state.parent().unwrap().join("checkpoint-copy");
+            let _ = std::fs::remove_dir_all(&copy);
+            std::fs::create_dir_all(&copy).unwrap();
+            std::fs::copy(&path, copy.join(&name)).unwrap();
+            let (_, problem) =
+                kube_audit_shipper::tail::checkpoint::Checkpoints::load(&copy, &name).unwrap();
+            assert!(problem.is_none(), "{}: {problem:?}", path.display());
+        }
+    }
+    segments
+}
+
+#[test]
+fn a_full_disk_pauses_reading_and_resumes_without_loss_or_corruption() {
+    let dir = workdir("enospc");
+    let state = dir.join("state");
+    let tmpfs_args = ["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"];
+    let Some(_tmpfs) = Mounted::new(&tmpfs_args, &state) else {
+        return;
+    };
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 30, false);
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &format!("metrics_address: 127.0.0.1:{port}\nbatch_max_bytes: 16KiB\n"),
+    );
+    intake.force_status(Some(503));
+    let log = dir.join("service.log");
+    let mut child = start_logged(&cfg, &log);
+    metrics(port);
+    let filler = fill_disk(&state, 48 * 1024);
+    let samples = samples();
+    let mut ids = Vec::new();
+    for i in 0..4000 {
+        let (line, id) = fresh_event(&samples, 9, i);
+        writer.write_line(&line);
+        ids.push(id);
+    }
+    wait_for("a failed spool write", Duration::from_secs(30), || {
+        let m = metrics(port);
+        m["kas_spool_write_errors_total"] > 0 && m["kas_reader_paused"] == 1
+    });
+    let m = metrics(port);
+    assert!(m["kas_lines_read_total"] < ids.len() as u64, "{m:?}");
+    assert!(
+        child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "exited"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cannot write to the spool") && text.contains("No space left on device"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&state.display().to_string()),
+        "the path: {text}"
+    );
+    let segments = check_state_intact(&state);
+
+    // Space comes back and the intake with it: everything arrives, nothing is reported lost.
+    std::fs::remove_file(&filler).unwrap();
+    intake.force_status(None);
+    wait_for("every event", Duration::from_secs(60), || {
+        let (events, _) = received(&intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let (events, records) = received(&intake);
+    let dups: u32 = events.values().map(|n| n - 1).sum();
+    eprintln!(
+        "enospc: {} events, {segments} segments on the full disk, {} failed writes, {} failed \
+         checkpoint saves, {dups} duplicates",
+        ids.len(),
+        m["kas_spool_write_errors_total"],
+        m["kas_checkpoint_save_errors_total"]
+    );
+    assert!(records.is_empty(), "{records:?}");
+    assert_eq!(dups, 0);
+    check_state_intact(&state);
+    drop(_tmpfs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_read_only_state_dir_stops_the_start_clearly_and_is_survived_while_running() {
+    let dir = workdir("readonly");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 30, false);
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &format!("metrics_address: 127.0.0.1:{port}\n"),
+    );
+    let log = dir.join("service.log");
+
+    // At start: a clear error and exit 1, not a crash loop on half-made state.
+    let Some(ro) = Mounted::read_only(&state) else {
+        return;
+    };
+    let mut child = start_logged(&cfg, &log);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running on a read-only state_dir"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2), "the exit status of an error");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("state_dir") && text.contains("Read-only file system"),
+        "{text}"
+    );
+    drop(ro);
+
+    // While running: writes fail, reading pauses, nothing is lost once it is writable again.
+    let samples = samples();
+    let mut ids = Vec::new();
+    let mut write = |from: u64, to: u64, ids: &mut Vec<String>| {
+        for i in from..to {
+            let (line, id) = fresh_event(&samples, 10, i);
+            writer.write_line(&line);
+            ids.push(id);
+        }
+    };
+    let child = start_logged(&cfg, &log);
+    write(0, 500, &mut ids);
+    wait_for("the first events", Duration::from_secs(30), || {
+        let (events, _) = received(&intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+    let ro = Mounted::read_only(&state).unwrap();
+    write(500, 2500, &mut ids);
+    wait_for("a failed spool write", Duration::from_secs(30), || {
+        let m = metrics(port);
+        m["kas_spool_write_errors_total"] > 0 && m["kas_reader_paused"] == 1
+    });
+    let m = metrics(port);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Read-only file system"), "{text}");
+    drop(ro);
+    wait_for("every event", Duration::from_secs(60), || {
+        let (events, _) = received(&intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let (events, records) = received(&intake);
+    let dups: u32 = events.values().map(|n| n - 1).sum();
+    eprintln!(
+        "read-only: {} events, {} failed spool writes, {} failed checkpoint saves, {dups} \
+         duplicates",
+        ids.len(),
+        m["kas_spool_write_errors_total"],
+        m["kas_checkpoint_save_errors_total"]
+    );
+    assert!(records.is_empty(), "{records:?}");
+    check_state_intact(&state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn check_reports_the_plan_and_each_problem_with_its_fix() {
     let dir = workdir("check");

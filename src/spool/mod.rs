@@ -238,10 +238,10 @@ impl Spool {
             crate::fault::crash_point("spool_segment_stored");
             Ok(())
         })();
-        if result.is_err() {
+        result.map_err(|e| {
             let _ = fs::remove_file(&tmp);
-        }
-        result
+            durable::at(&tmp, e)
+        })
     }
 
     fn insert(&mut self, seg: Segment) {
