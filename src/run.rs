@@ -47,6 +47,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// 4,000 wake-ups/s made the loop, not the parsing, the main cost). Batches linger for
 /// seconds anyway, and rotated files are held open, so the delay loses nothing.
 const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(50);
+/// After this long with nothing read and no batch open, freed memory goes back to the system.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 /// How long a stop waits for the senders to finish their current step.
 const SENDER_GRACE: Duration = Duration::from_secs(2);
 
@@ -828,11 +830,24 @@ fn reader_loop(pipelines: &mut [Pipeline], signals: &Signals) -> Result<(), Stri
         }
     }
     let mut events = Events::with_capacity(16);
+    let mut last_busy = Instant::now();
+    let mut trimmed = false;
     loop {
         let last_read = Instant::now();
         let mut more = false;
         for p in pipelines.iter_mut() {
             more |= p.step();
+        }
+        let busy = more
+            || pipelines
+                .iter()
+                .any(|p| !p.stage.batcher.is_empty() || !p.stage.backlog.is_empty());
+        if busy {
+            last_busy = Instant::now();
+            trimmed = false;
+        } else if !trimmed && last_busy.elapsed() >= IDLE_TRIM_AFTER {
+            return_free_memory();
+            trimmed = true;
         }
         for sig in signals.take() {
             if sig == libc::SIGHUP {
@@ -866,6 +881,18 @@ fn reader_loop(pipelines: &mut [Pipeline], signals: &Signals) -> Result<(), Stri
             thread::sleep(MIN_WAKE_INTERVAL - since);
         }
         // Readiness is edge-triggered: each tailer drains its inotify queue in step().
+    }
+}
+
+/// Gives freed heap memory back to the system. An edge node spends most of its time idle
+/// between bursts; glibc keeps what a burst's batches, gzip states and TLS records freed in
+/// its arenas (about 3 MiB measured with the demo), so the idle RSS would stay at the burst's
+/// peak. musl's allocator unmaps large freed blocks itself, so there is nothing to do there.
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
