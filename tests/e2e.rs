@@ -6,8 +6,17 @@
 //!   stops cleanly and a restart sends nothing twice;
 //! - SIGKILL at random moments under load: nothing lost (`KAS_E2E_KILLS`, default 8; the
 //!   long version is `KAS_E2E_KILLS=200 cargo test --release --test e2e sigkill -- --nocapture`);
+//! - a crash inside each durability step (debug builds: `KAS_CRASH_AT`, src/fault.rs);
+//! - damaged and junk lines at volume: every line in exactly one counter, memory bounded,
+//!   the log thinned (`KAS_E2E_MUTATED_LINES`, default 20,000; the long version is
+//!   `KAS_E2E_MUTATED_LINES=1000000 cargo test --release --test e2e mutated -- --nocapture`);
 //! - an outage longer than the spool cap: bulk evicted and reported, critical all delivered;
-//! - a refused key: health fails, nothing dropped; fixed key → everything delivered;
+//! - every intake fault of DESIGN.md §7 in turn (5xx, 400, reset, timeout, 429/503 with and
+//!   without `Retry-After`, 413), a refused connection, an untrusted certificate, and a
+//!   refused key (401, 403, 422): retried, health fails for the key, nothing dropped;
+//! - a full disk (a 1 MiB tmpfs) and a read-only state directory (a read-only bind mount),
+//!   at start and while running: clear errors, reading paused, state intact, nothing lost
+//!   (these need root to mount; they say "skipped" and pass otherwise);
 //! - `check` against the emulator.
 
 mod support;
