@@ -73,6 +73,8 @@ pub struct FileMetrics {
     pub events_evicted: Value,
     pub segments_evicted: Value,
     pub spool_write_errors: Value,
+    /// 1 while the last attempt to store a batch failed (disk full, read-only, …).
+    pub spool_write_failing: Value,
     /// Failed checkpoint saves (retried; reading goes on, a restart re-reads more).
     pub checkpoint_save_errors: Value,
     pub reader_paused: Value,
@@ -143,6 +145,12 @@ impl Metrics {
             if code != 0 {
                 problems.push(format!(
                     "{}: the intake refuses the intake key (HTTP {code})",
+                    f.file
+                ));
+            }
+            if f.spool_write_failing.get() == 1 {
+                problems.push(format!(
+                    "{}: the spool cannot be written (see the log); reading is paused",
                     f.file
                 ));
             }

@@ -363,6 +363,7 @@ impl Stage {
             };
             match result {
                 Ok(Stored::Written(_)) => {
+                    self.m.spool_write_failing.set(0);
                     let m = &self.m;
                     m.events_spooled.add(u64::from(p.sealed.events));
                     m.lines_spooled.add(p.lines);
@@ -385,6 +386,7 @@ impl Stage {
                 }
                 Err(e) => {
                     self.m.spool_write_errors.inc();
+                    self.m.spool_write_failing.set(1);
                     self.complain(|| format!("cannot write to the spool: {e}; retrying"));
                     break;
                 }

@@ -655,7 +655,10 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
         if settled(&m) {
             break m;
         }
-        assert!(Instant::now() < deadline, "the counters do not add up: {m:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the counters do not add up: {m:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let (rss, peak) = rss_kib(pid);
@@ -1215,6 +1218,9 @@ fn a_full_disk_pauses_reading_and_resumes_without_loss_or_corruption() {
         text.contains(&state.display().to_string()),
         "the path: {text}"
     );
+    let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("spool cannot be written"), "{health}");
     let segments = check_state_intact(&state);
 
     // Space comes back and the intake with it: everything arrives, nothing is reported lost.
@@ -1224,6 +1230,7 @@ fn a_full_disk_pauses_reading_and_resumes_without_loss_or_corruption() {
         let (events, _) = received(&intake);
         ids.iter().all(|id| events.contains_key(id))
     });
+    assert!(http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     let (events, records) = received(&intake);
@@ -1308,6 +1315,8 @@ fn a_read_only_state_dir_stops_the_start_clearly_and_is_survived_while_running()
     let m = metrics(port);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("Read-only file system"), "{text}");
+    let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.contains("spool cannot be written"), "{health}");
     drop(ro);
     wait_for("every event", Duration::from_secs(60), || {
         let (events, _) = received(&intake);
