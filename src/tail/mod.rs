@@ -861,6 +861,7 @@ impl Tailer {
         let mut candidates = self.candidates(true);
         let mut orphans = std::mem::take(&mut self.orphans);
         let plain_twins = gz_twins(&candidates);
+        let mut themselves = self.listed_as_themselves(&mut candidates);
         let mut seen: Vec<u64> = Vec::new();
         // Current names first: they decide which followed files are rotated.
         for c in candidates.iter_mut().filter(|c| c.current) {
@@ -879,7 +880,7 @@ impl Tailer {
                 seen.push(serial);
                 continue;
             }
-            if self.is_known(c) {
+            if self.is_known(c, &themselves) {
                 log::debug!("{} is a file already read; not followed", c.path.display());
                 continue;
             }
@@ -887,6 +888,7 @@ impl Tailer {
                 Ok(serial) => {
                     if serial.is_some() {
                         self.found_new_file();
+                        themselves.push((c.dev, c.ino));
                     }
                     seen.extend(serial);
                 }
@@ -927,7 +929,7 @@ impl Tailer {
                 still_known.push(key);
                 continue;
             }
-            if self.is_known(c) {
+            if self.is_known(c, &themselves) {
                 still_known.push(key);
                 continue;
             }
@@ -954,6 +956,9 @@ impl Tailer {
             match self.follow(&c.path, c.gz, 0, None, true, expect) {
                 Ok(Some(_)) => {
                     self.found_new_file();
+                    if !c.gz {
+                        themselves.push((c.dev, c.ino));
+                    }
                     log::info!(
                         "{} was created and rotated between two scans; reading it from its start",
                         c.path.display()
@@ -1041,15 +1046,34 @@ impl Tailer {
 
     /// Whether a candidate's content is already followed or recorded (done or not): its
     /// inode (plain) or its fingerprint (a compressed copy, a hard link).
-    fn is_known(&self, c: &mut Candidate) -> bool {
-        self.files
+    /// Whether `c` is a file already followed or read: the same file, or a copy of one (its
+    /// `.gz`, a copytruncate copy) by the content of its start. A copy only of a file that
+    /// is no longer listed as itself (`themselves`, see [`Tailer::listed_as_themselves`]):
+    /// while that file is still there, another file that starts with the same bytes (the
+    /// same long first line, say) is a new file, not a copy to skip.
+    fn is_known(&self, c: &mut Candidate, themselves: &[(u64, u64)]) -> bool {
+        let known = |c: &mut Candidate, id: &FileId| {
+            c.is(id) || (!themselves.contains(&(id.dev, id.ino)) && c.same_content(id))
+        };
+        self.files.iter().any(|t| known(c, &t.id))
+            || self.store.entries.iter().any(|e| known(c, &e.id))
+    }
+
+    /// The followed and checkpointed files that a plain candidate still is: same inode,
+    /// same start.
+    fn listed_as_themselves(&self, candidates: &mut [Candidate]) -> Vec<(u64, u64)> {
+        let ids = self
+            .files
             .iter()
-            .any(|t| c.is(&t.id) || c.same_content(&t.id))
-            || self
-                .store
-                .entries
-                .iter()
-                .any(|e| c.is(&e.id) || c.same_content(&e.id))
+            .map(|t| t.id)
+            .chain(self.store.entries.iter().map(|e| e.id));
+        let mut out = Vec::new();
+        for id in ids {
+            if candidates.iter_mut().any(|c| !c.gz && c.is(&id)) {
+                out.push((id.dev, id.ino));
+            }
+        }
+        out
     }
 
     /// Reads what is new and hands it to `on`, oldest file first. While paused it reads
