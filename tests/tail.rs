@@ -843,3 +843,30 @@ fn files_that_start_with_the_same_bytes_are_each_read() {
     let headers = seen.seqs.len() - lines.len();
     assert_eq!(headers as u64, files, "compress {compress}");
 }
+
+#[test]
+fn a_new_file_that_starts_like_a_deleted_one_is_read() {
+    // The checkpoint remembers files read and since deleted (pruned backups). A new current
+    // file that starts with the same bytes as one of them is still a new file.
+    const HEADER: u64 = 999_999_999;
+    let logs = tmpdir("alike-pruned-logs");
+    let state = tmpdir("alike-pruned-state");
+    let mut w = AuditWriter::new(&logs, 10_000, 2, false);
+    let header = line(HEADER, 1500);
+    w.write_line(&header);
+    let mut files = 1;
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    let data = |s: &Seen| -> Vec<u64> { s.seqs.iter().copied().filter(|&q| q != HEADER).collect() };
+    for seq in 0..600 {
+        write_after_header(&mut w, &header, seq, &mut files);
+        if seq % 20 == 19 {
+            seen.until(&mut t, Duration::from_secs(5), |s| {
+                data(s).len() as u64 == seq + 1
+            });
+        }
+    }
+    assert!(files >= 10, "{files} files");
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_exactly_once_in_order(&data(&seen), 600);
+}

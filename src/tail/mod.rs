@@ -1046,17 +1046,27 @@ impl Tailer {
 
     /// Whether a candidate's content is already followed or recorded (done or not): its
     /// inode (plain) or its fingerprint (a compressed copy, a hard link).
-    /// Whether `c` is a file already followed or read: the same file, or a copy of one (its
-    /// `.gz`, a copytruncate copy) by the content of its start. A copy only of a file that
-    /// is no longer listed as itself (`themselves`, see [`Tailer::listed_as_themselves`]):
-    /// while that file is still there, another file that starts with the same bytes (the
-    /// same long first line, say) is a new file, not a copy to skip.
+    /// Whether `c` is a file already followed or read: the same file, or a copy of one by
+    /// the content of its start. A `.gz` can only be recognised that way. A plain file is a
+    /// copy (copytruncate) only of a file still followed, and only when that file is no
+    /// longer listed as itself (`themselves`, see [`Tailer::listed_as_themselves`]): a file
+    /// that merely starts with the same bytes as one read before (the same long first line,
+    /// say) is a new file to read, not a copy to skip.
     fn is_known(&self, c: &mut Candidate, themselves: &[(u64, u64)]) -> bool {
-        let known = |c: &mut Candidate, id: &FileId| {
-            c.is(id) || (!themselves.contains(&(id.dev, id.ino)) && c.same_content(id))
+        let copy_of = |c: &mut Candidate, id: &FileId, followed: bool| {
+            let may_be_copy = c.gz || (followed && !themselves.contains(&(id.dev, id.ino)));
+            may_be_copy && c.same_content(id)
         };
-        self.files.iter().any(|t| known(c, &t.id))
-            || self.store.entries.iter().any(|e| known(c, &e.id))
+        self.files
+            .iter()
+            .any(|t| c.is(&t.id) || copy_of(c, &t.id, true))
+            || self.store.entries.iter().any(|e| {
+                // A file read to its end and left never changes size again: a plain file of
+                // another size under its inode and start is a new file in a recycled inode
+                // that happens to start alike.
+                let same_size = c.gz || !e.done || c.size == e.size_seen;
+                (same_size && c.is(&e.id)) || copy_of(c, &e.id, false)
+            })
     }
 
     /// The followed and checkpointed files that a plain candidate still is: same inode,
