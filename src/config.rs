@@ -451,6 +451,23 @@ impl<'de> Deserialize<'de> for KeyText {
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<KeyText, E> {
                 Err(E::custom("intakekey is a number; quote the key: \"...\""))
             }
+            // Every other scalar too: serde's default message would quote the value, and
+            // this value is a secret.
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<KeyText, E> {
+                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+            }
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<KeyText, E> {
+                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<KeyText, E> {
+                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyText, E> {
+                Err(E::custom("intakekey is a boolean; quote the key: \"...\""))
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<KeyText, E> {
+                Err(E::custom("intakekey is not text; quote the key: \"...\""))
+            }
             fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
                 Err(E::custom("intakekey is empty"))
             }
@@ -632,6 +649,19 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 9880)))
         );
         assert!(!format!("{cfg:?}").contains("0a1b2c3d-key"));
+    }
+
+    #[test]
+    fn a_key_that_yaml_reads_as_another_scalar_is_refused_without_echoing_it() {
+        // Found by fuzz/fuzz_targets/config.rs: serde's own message quoted the float.
+        for value in ["12345.678", "1234567890123", "true", "1e300", "-42"] {
+            let e = parse(&format!(
+                "logfiles:\n  - filepath: /x/audit.log\n    intakekey: {value}\n"
+            ))
+            .unwrap_err();
+            assert!(!e.contains(value), "{value}: {e}");
+            assert!(e.contains("quote the key"), "{value}: {e}");
+        }
     }
 
     #[test]

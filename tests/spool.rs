@@ -192,7 +192,10 @@ fn a_full_disk_leaves_nothing_behind_and_recovers() {
     })));
     let b = batch(Class::Critical, "x", 10, 100);
     let err = spool.store(&b).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc_enospc()));
+    // The error keeps its kind and says which file it was writing.
+    assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(err.to_string().contains(&dir.join("tmp").display().to_string()), "{err}");
     assert!(spool.is_empty());
     assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
     assert_eq!(
@@ -237,4 +240,73 @@ fn split_replaces_a_segment_by_halves_in_its_place() {
     assert_eq!((aa.events, ab.events), (1, 1));
     // Reopened, the split names still sort in place.
     drop(spool);
+}
+
+#[test]
+fn odd_names_and_times_found_by_fuzzing_never_stop_or_confuse_the_spool() {
+    // Each case was a fuzz/fuzz_targets/spool.rs finding (fuzz/regressions/spool/).
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tmpdir("odd-names");
+    let gz = |text: &str| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    // An event stamped before 1970: its segment is named with a negative time and must be
+    // read back after a restart, not quarantined.
+    let mut old = Batcher::new(BatchLimits::default());
+    old.add(
+        Class::Critical,
+        b"{\"e\":\"1969\"}",
+        Some(-1_000_000_000_000),
+        Instant::now(),
+    )
+    .unwrap();
+    let sealed = old.seal(Class::Critical).unwrap().unwrap();
+    let stored = {
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        written(spool.store(&sealed).unwrap())
+    };
+    assert!(stored.file_name().contains("--1000000000000-"));
+    // Strays: a non-UTF-8 name longer than 255 bytes once made lossy, a name with a
+    // non-canonical number, one that shares the stored segment's order, the largest order.
+    let mut long = vec![0xda];
+    long.extend([0xff; 86]);
+    std::fs::write(dir.join(std::ffi::OsStr::from_bytes(&long)), b"x").unwrap();
+    let padded = "00000000000000000006-b-17342800000000-002.gz";
+    std::fs::write(dir.join(padded), gz("{\"e\":\"padded\"}")).unwrap();
+    let same_order = format!("{}-b-none-1.gz", stored.order);
+    std::fs::write(dir.join(&same_order), gz("{\"e\":\"same-order\"}")).unwrap();
+    let largest = "18446744073709551615-b-none-1.gz";
+    std::fs::write(dir.join(largest), gz("{\"e\":\"largest\"}")).unwrap();
+
+    let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+    assert!(dir.join("quarantine").join(padded).exists());
+    assert!(dir.join("quarantine").join(largest).exists());
+    let mut sent = Vec::new();
+    while let Some(seg) = spool.next().cloned() {
+        let on_disk: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".gz")))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert_eq!(spool.bytes(), on_disk);
+        let body = spool.read(&seg).unwrap().unwrap();
+        let mut text = String::new();
+        MultiGzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        sent.push(text);
+        spool.ack(&seg).unwrap();
+    }
+    assert_eq!(spool.bytes(), 0);
+    sent.sort();
+    assert_eq!(sent, ["{\"e\":\"1969\"}", "{\"e\":\"same-order\"}"]);
+    // New segments still get an order after the largest one seen.
+    let mut b = Batcher::new(BatchLimits::default());
+    b.add(Class::Bulk, b"{}", None, Instant::now()).unwrap();
+    spool.store(&b.seal(Class::Bulk).unwrap().unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

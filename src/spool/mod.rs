@@ -34,6 +34,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Orders are sequence numbers below this (2^63): a billion batches a second for 292 years.
+const MAX_SEQ: u64 = 1 << 63;
+
 /// One spooled batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
@@ -58,33 +61,41 @@ impl Segment {
         )
     }
 
+    /// The segment a file name stands for: only a name that [`Segment::file_name`] gives
+    /// back exactly (the spool reads a segment by that name; `002` for `2` would be listed
+    /// but never found). The earliest time may be negative (an event stamped before 1970).
     fn parse(name: &str, bytes: u64) -> Option<Segment> {
         let stem = name.strip_suffix(".gz")?;
-        let mut parts = stem.split('-');
-        let order = parts.next()?;
-        let class = match parts.next()? {
+        let (order, rest) = stem.split_once('-')?;
+        let (class, rest) = rest.split_once('-')?;
+        let class = match class {
             "c" => Class::Critical,
             "b" => Class::Bulk,
             _ => return None,
         };
-        let earliest = match parts.next()? {
+        let (earliest, events) = rest.rsplit_once('-')?;
+        let earliest = match earliest {
             "none" => None,
             t => Some(t.parse().ok()?),
         };
-        let events = parts.next()?.parse().ok()?;
+        let events = events.parse().ok()?;
         let digits = order.get(..20)?;
         let valid = digits.bytes().all(|b| b.is_ascii_digit())
-            && order[20..].bytes().all(|b| b == b'a' || b == b'b');
-        if !valid || parts.next().is_some() {
+            && order[20..].bytes().all(|b| b == b'a' || b == b'b')
+            // Far beyond any count of batches: a stray, which would leave no order for the
+            // next segment.
+            && digits.parse::<u64>().is_ok_and(|n| n < MAX_SEQ);
+        if !valid {
             return None;
         }
-        Some(Segment {
+        let seg = Segment {
             order: order.to_owned(),
             class,
             earliest,
             events,
             bytes,
-        })
+        };
+        (seg.file_name() == name).then_some(seg)
     }
 }
 
@@ -163,20 +174,25 @@ impl Spool {
             if !meta.is_file() {
                 continue;
             }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match Segment::parse(&name, meta.len()) {
+            let name = entry.file_name();
+            let shown = name.to_string_lossy();
+            match name.to_str().and_then(|n| Segment::parse(n, meta.len())) {
                 Some(seg) => found.push(seg),
-                None => {
-                    log::error!("spool: {name} is not a segment; moved to quarantine/");
-                    fs::rename(entry.path(), dir.join("quarantine").join(&name))?;
-                    spool.stats.quarantined += 1;
-                }
+                // A stray file must not stop the service: moved aside if it can be, else
+                // left where it is (it is not a segment, so it is never sent).
+                None => match fs::rename(entry.path(), dir.join("quarantine").join(&name)) {
+                    Ok(()) => {
+                        log::error!("spool: {shown} is not a segment; moved to quarantine/");
+                        spool.stats.quarantined += 1;
+                    }
+                    Err(e) => log::error!("spool: {shown} is not a segment; left in place: {e}"),
+                },
             }
         }
         found.sort_by(|a, b| a.order.cmp(&b.order));
         for seg in found {
             let seq: u64 = seg.order[..20].parse().unwrap_or(0);
-            spool.next_seq = spool.next_seq.max(seq + 1);
+            spool.next_seq = spool.next_seq.max(seq.saturating_add(1));
             spool.bytes += seg.bytes;
             spool.queues[q(seg.class)].push_back(seg);
         }
@@ -260,7 +276,8 @@ impl Spool {
     /// queue.
     fn forget(&mut self, seg: &Segment) -> io::Result<()> {
         durable::sync_dir(&self.dir)?;
-        self.queues[q(seg.class)].retain(|s| s.order != seg.order);
+        // By the whole segment: a stray file may share another's order.
+        self.queues[q(seg.class)].retain(|s| s != seg);
         self.bytes -= seg.bytes.min(self.bytes);
         Ok(())
     }
