@@ -28,7 +28,10 @@ fuzz_target!(|line: &[u8]| {
     }
     // Without trimming, the pruned form must carry everything the ECS mapping reads.
     let mut x = Extractor::new();
-    if let (Some(audit), Some(ecs)) = (extract(&mut x, line, Format::Audit), extract(&mut x, line, Format::Ecs)) {
+    if let (Some(audit), Some(ecs)) = (
+        extract(&mut x, line, Format::Audit),
+        extract(&mut x, line, Format::Ecs),
+    ) {
         let again = extract(&mut x, &audit, Format::Ecs).expect("pruned form parses");
         assert_eq!(again, ecs);
     }
