@@ -195,7 +195,11 @@ fn a_full_disk_leaves_nothing_behind_and_recovers() {
     // The error keeps its kind and says which file it was writing.
     assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
     assert!(err.to_string().contains("No space left"), "{err}");
-    assert!(err.to_string().contains(&dir.join("tmp").display().to_string()), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&dir.join("tmp").display().to_string()),
+        "{err}"
+    );
     assert!(spool.is_empty());
     assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
     assert_eq!(
