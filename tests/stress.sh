@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 runs=${1:?runs} test=${2:?test binary name} filter=${3:-}
 logs=${STRESS_LOGS:-/tmp/kas-stress}
 mkdir -p "$logs"
+# The test target's artifact (the service binary it spawns is listed too).
 bin=$(cargo test --no-run --test "$test" --message-format=json 2>/dev/null \
+    | grep -F '"kind":["test"]' \
     | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "no test binary for $test" >&2; exit 100; }
 hogs=()
