@@ -257,6 +257,10 @@ pub struct Tailer {
     /// When this tailer started (unix µs): a backup modified since then that is not known
     /// was written while running and missed by the scans (see [`Tailer::scan`]).
     opened_at: i64,
+    /// When the last full listing began (unix µs). Every file modified before it was found
+    /// by that listing and is in the store, deliberately skipped, reported, or still
+    /// deferred or pending (see [`Tailer::horizon`]).
+    listed_at: i64,
     /// Rotated siblings already recognised as known, by (device, inode, mtime): saves
     /// fingerprinting them again at every scan.
     known_siblings: Vec<(u64, u64, i64)>,
@@ -299,6 +303,7 @@ struct Pending {
     rotated: bool,
     expect: Option<(u64, u64)>,
     size: u64,
+    mtime_micros: i64,
 }
 
 /// A checkpointed, unfinished file that start-up could not open: not found in the listing, or
@@ -429,6 +434,7 @@ impl Tailer {
             rescan: false,
             gaps: Vec::new(),
             opened_at: now_micros(),
+            listed_at: now_micros(),
             known_siblings: Vec::new(),
             orphans: Vec::new(),
             deferred: Vec::new(),
@@ -472,6 +478,9 @@ impl Tailer {
 
     /// Every file in the pattern's directories that matches it, or is a rotated form of it.
     fn candidates(&mut self, with_rotated: bool) -> Vec<Candidate> {
+        if with_rotated {
+            self.listed_at = now_micros();
+        }
         let mut found = Vec::new();
         for dir in self.dirs() {
             if let Some(w) = self.watcher.as_mut()
@@ -664,6 +673,7 @@ impl Tailer {
                 rotated: !c.current,
                 expect: Some((c.dev, c.ino)).filter(|_| !c.gz),
                 size: c.size,
+                mtime_micros: c.mtime_micros,
             };
             // Backups beyond the open-file budget wait their turn, unopened.
             if p.rotated && self.rotated_open() >= self.cfg.max_rotated_open {
@@ -1314,7 +1324,23 @@ impl Tailer {
 
     /// Makes the commits durable.
     pub fn save(&mut self) -> io::Result<()> {
-        self.store.save(now_micros())
+        self.store.save(self.horizon())
+    }
+
+    /// The time saved with the checkpoints, which the next start takes as "every backup
+    /// modified before this is known or history" (a backup modified after it and not in the
+    /// store is read from its start). The time of the save itself would be wrong: a backup
+    /// created, rotated and compressed between two scans is unknown until the next scan,
+    /// and a save in between would declare it history. So it is the start of the last
+    /// listing, and earlier still for files that listing found but did not take yet
+    /// (deferred, or queued beyond the open-file budget).
+    fn horizon(&self) -> i64 {
+        let deferred = self.deferred.iter().map(|((_, _, mtime), _)| *mtime);
+        let pending = self.pending.iter().map(|p| p.mtime_micros);
+        deferred
+            .chain(pending)
+            .map(|m| m - 1)
+            .fold(self.listed_at, i64::min)
     }
 
     /// Number of files currently open.
