@@ -105,6 +105,14 @@ impl LineWarnings {
     }
 }
 
+/// The recurring problems [`Stage::complain`] logs.
+#[derive(Clone, Copy)]
+enum Problem {
+    SpoolFull = 0,
+    SpoolWrite = 1,
+    CheckpointSave = 2,
+}
+
 /// Per file: the start of its first line in a batch (or the end of its last line read).
 type Marks = Vec<(u64, u64)>;
 
@@ -158,7 +166,8 @@ struct Stage {
     /// Positions moved without a batch (filtered lines) since the last save.
     moved: bool,
     sender: Option<Thread>,
-    last_error_log: Option<Instant>,
+    /// When each recurring problem was last logged, by [`Problem`].
+    last_error_log: [Option<Instant>; 3],
     line_warnings: LineWarnings,
 }
 
@@ -377,7 +386,7 @@ impl Stage {
                     }
                 }
                 Ok(Stored::Full) => {
-                    self.complain(|| {
+                    self.complain(Problem::SpoolFull, || {
                         "spool full of critical events: reading paused until the intake takes \
                          some (the audit log is the buffer meanwhile)"
                             .to_string()
@@ -387,7 +396,9 @@ impl Stage {
                 Err(e) => {
                     self.m.spool_write_errors.inc();
                     self.m.spool_write_failing.set(1);
-                    self.complain(|| format!("cannot write to the spool: {e}; retrying"));
+                    self.complain(Problem::SpoolWrite, || {
+                        format!("cannot write to the spool: {e}; retrying")
+                    });
                     break;
                 }
             }
@@ -397,14 +408,13 @@ impl Stage {
             .set(u64::from(!self.backlog.is_empty()));
     }
 
-    /// Logs a recurring problem at most every 30 s.
-    fn complain(&mut self, what: impl FnOnce() -> String) {
-        if self
-            .last_error_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
-        {
+    /// Logs a recurring problem at most every 30 s (each kind on its own clock, so one
+    /// does not hide another).
+    fn complain(&mut self, problem: Problem, what: impl FnOnce() -> String) {
+        let last = &mut self.last_error_log[problem as usize];
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
             log::error!("{}", what());
-            self.last_error_log = Some(Instant::now());
+            *last = Some(Instant::now());
         }
     }
 
@@ -539,7 +549,7 @@ impl Pipeline {
                 stored: false,
                 moved: false,
                 sender: None,
-                last_error_log: None,
+                last_error_log: [None; 3],
                 line_warnings: LineWarnings::new(),
             },
             last_save: Instant::now(),
@@ -576,7 +586,9 @@ impl Pipeline {
             }
             Err(e) => {
                 stage.m.checkpoint_save_errors.inc();
-                stage.complain(|| format!("cannot save the checkpoint: {e}; retrying"));
+                stage.complain(Problem::CheckpointSave, || {
+                    format!("cannot save the checkpoint: {e}; retrying")
+                });
             }
         }
     }
