@@ -1077,8 +1077,6 @@ impl Tailer {
         }
     }
 
-    /// Whether a candidate's content is already followed or recorded (done or not): its
-    /// inode (plain) or its fingerprint (a compressed copy, a hard link).
     /// Whether `c` is a file already followed or read: the same file, or a copy of one by
     /// the content of its start. A `.gz` can only be recognised that way. A plain file is a
     /// copy (copytruncate) only of a file still followed, and only when that file is no
