@@ -427,6 +427,13 @@ impl<'de> Deserialize<'de> for Filter {
 /// so instead of "invalid type: map".
 struct KeyText(String);
 
+/// The error for an `intakekey` YAML did not read as a string, without its value.
+fn not_text<E: de::Error>(what: &str) -> Result<KeyText, E> {
+    Err(E::custom(format!(
+        "intakekey is {what}; quote the key: \"...\""
+    )))
+}
+
 impl<'de> Deserialize<'de> for KeyText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -445,28 +452,27 @@ impl<'de> Deserialize<'de> for KeyText {
                      with a special character)",
                 ))
             }
+            // Any other scalar: serde's own message would quote the value, a secret.
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+                not_text("a number")
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+                not_text("a number")
             }
-            // Every other scalar too: serde's default message would quote the value, and
-            // this value is a secret.
             fn visit_i128<E: de::Error>(self, _: i128) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+                not_text("a number")
             }
             fn visit_u128<E: de::Error>(self, _: u128) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+                not_text("a number")
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a number; quote the key: \"...\""))
+                not_text("a number")
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is a boolean; quote the key: \"...\""))
+                not_text("a boolean")
             }
             fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<KeyText, E> {
-                Err(E::custom("intakekey is not text; quote the key: \"...\""))
+                not_text("not text")
             }
             fn visit_unit<E: de::Error>(self) -> Result<KeyText, E> {
                 Err(E::custom("intakekey is empty"))
