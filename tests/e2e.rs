@@ -69,6 +69,40 @@ fn config(dir: &Path, log: &Path, intake: &Emulator, key: &str, extra: &str) -> 
     path
 }
 
+/// An OptimizationRules entry that ignores watches.
+const IGNORE_WATCHES: &str = "OptimizationRules:\n  - name: watches\n    action: 1\n    \
+    filters:\n      - field: event.action\n        operator: \"==\"\n        value: watch\n";
+
+/// A test's intake emulator, apiserver-like writer (in `dir/logs`) and config, with metrics
+/// on a free port.
+struct Rig {
+    intake: Emulator,
+    writer: AuditWriter,
+    port: u16,
+    cfg: PathBuf,
+}
+
+/// `writer` is (maximum file size, backups kept, gzip); `extra` is appended to the config.
+fn rig(dir: &Path, writer: (u64, usize, bool), extra: &str) -> Rig {
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let writer = AuditWriter::new(&dir.join("logs"), writer.0, writer.1, writer.2);
+    let port = free_port();
+    let extra = format!("metrics_address: 127.0.0.1:{port}\n{extra}");
+    let cfg = config(
+        dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        &extra,
+    );
+    Rig {
+        intake,
+        writer,
+        port,
+        cfg,
+    }
+}
+
 /// The service as a child process, killed if the test fails before stopping it.
 struct Service(Option<Child>);
 
@@ -191,7 +225,7 @@ fn deliver_all_after_crashes(
     assert_eq!(code, Some(0));
     let (events, records) = received(intake);
     let lost = ids.iter().filter(|id| !events.contains_key(*id)).count();
-    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let dups = duplicates(&events);
     let most = events.values().max().copied().unwrap_or(0);
     (ids.len(), lost, dups, most, records)
 }
@@ -274,6 +308,19 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until every one of `ids` has arrived.
+fn wait_delivered(what: &str, intake: &Emulator, ids: &[String], limit: Duration) {
+    wait_for(what, limit, || {
+        let (events, _) = received(intake);
+        ids.iter().all(|id| events.contains_key(id))
+    });
+}
+
+/// Copies beyond the first, over all events.
+fn duplicates(events: &HashMap<String, u32>) -> u32 {
+    events.values().map(|n| n - 1).sum()
+}
+
 /// Received audit events by identity, and the records.
 fn received(intake: &Emulator) -> (HashMap<String, u32>, Vec<serde_json::Value>) {
     let mut events = HashMap::new();
@@ -298,19 +345,15 @@ fn received(intake: &Emulator) -> (HashMap<String, u32>, Vec<serde_json::Value>)
 #[test]
 fn ships_every_event_with_filters_records_metrics_and_a_clean_stop() {
     let dir = workdir("ship");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 512 * 1024, 20, true);
-    let port = free_port();
-    let cfg = config(
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(
         &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!(
-            "metrics_address: 127.0.0.1:{port}\nmax_line_bytes: 96KiB\nOptimizationRules:\n  \
-             - name: watches\n    action: 1\n    filters:\n      - field: event.action\n        \
-             operator: \"==\"\n        value: watch\n"
-        ),
+        (512 * 1024, 20, true),
+        &format!("max_line_bytes: 96KiB\n{IGNORE_WATCHES}"),
     );
     let child = start(&cfg);
     let samples = samples();
@@ -550,19 +593,15 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let dir = workdir("mutated");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 4 * 1024 * 1024, 40, false);
-    let port = free_port();
-    let cfg = config(
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(
         &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!(
-            "metrics_address: 127.0.0.1:{port}\nmax_line_bytes: 64KiB\nOptimizationRules:\n  \
-             - name: watches\n    action: 1\n    filters:\n      - field: event.action\n        \
-             operator: \"==\"\n        value: watch\n"
-        ),
+        (4 * 1024 * 1024, 40, false),
+        &format!("max_line_bytes: 64KiB\n{IGNORE_WATCHES}"),
     );
     let log = dir.join("service.log");
     let child = start_logged(&cfg, &log);
@@ -724,17 +763,15 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
 #[test]
 fn an_outage_past_the_spool_cap_evicts_bulk_only_and_reports_it() {
     let dir = workdir("outage");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 4 * 1024 * 1024, 20, false);
-    let port = free_port();
-    let cfg = config(
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(
         &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!(
-            "metrics_address: 127.0.0.1:{port}\nbatch_max_bytes: 16KiB\nspool_max_bytes: 160KiB\n"
-        ),
+        (4 * 1024 * 1024, 20, false),
+        "batch_max_bytes: 16KiB\nspool_max_bytes: 160KiB\n",
     );
     intake.force_status(Some(503));
     let child = start(&cfg);
@@ -810,17 +847,15 @@ fn every_intake_fault_is_retried_and_loses_nothing() {
     // DESIGN.md §7 through the binary: each fault class once, separated by normal answers so
     // the backoff starts over each time (it doubles from 1 s on consecutive failures).
     let dir = workdir("faults");
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 20, false);
-    let port = free_port();
-    let cfg = config(
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(
         &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!(
-            "metrics_address: 127.0.0.1:{port}\nbatch_max_events: 40\nrequest_timeout_secs: 1\n"
-        ),
+        (1024 * 1024, 20, false),
+        "batch_max_events: 40\nrequest_timeout_secs: 1\n",
     );
     let timeout_fault = Duration::from_millis(2500);
     let script = [
@@ -855,10 +890,7 @@ fn every_intake_fault_is_retried_and_loses_nothing() {
         .collect();
     let log = dir.join("service.log");
     let child = start_logged(&cfg, &log);
-    wait_for("every event", Duration::from_secs(90), || {
-        let (events, _) = received(&intake);
-        ids.iter().all(|id| events.contains_key(id))
-    });
+    wait_delivered("every event", &intake, &ids, Duration::from_secs(90));
     let m = metrics(port);
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
@@ -868,7 +900,7 @@ fn every_intake_fault_is_retried_and_loses_nothing() {
     requests.sort_by_key(|r| r.at);
     assert!(intake.state.lock().unwrap().script.is_empty());
     let (events, records) = received(&intake);
-    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let dups = duplicates(&events);
     let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
     eprintln!(
         "faults: {} events in {} requests, statuses {:?}…, {dups} duplicates, metrics: \
@@ -999,10 +1031,7 @@ fn an_absent_or_untrusted_intake_is_retried_and_sent_nothing() {
 
     let cfg = config_for(&intake.url, &intake.ca_file);
     let child = start(&cfg);
-    wait_for("delivery", Duration::from_secs(30), || {
-        let (events, _) = received(&intake);
-        ids.iter().all(|id| events.contains_key(id))
-    });
+    wait_delivered("delivery", &intake, &ids, Duration::from_secs(30));
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     let (events, records) = received(&intake);
@@ -1177,16 +1206,12 @@ fn a_full_disk_pauses_reading_and_resumes_without_loss_or_corruption() {
     let Some(_tmpfs) = Mounted::new(&tmpfs_args, &state) else {
         return;
     };
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 30, false);
-    let port = free_port();
-    let cfg = config(
-        &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!("metrics_address: 127.0.0.1:{port}\nbatch_max_bytes: 16KiB\n"),
-    );
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(&dir, (1024 * 1024, 30, false), "batch_max_bytes: 16KiB\n");
     intake.force_status(Some(503));
     let log = dir.join("service.log");
     let mut child = start_logged(&cfg, &log);
@@ -1226,15 +1251,12 @@ fn a_full_disk_pauses_reading_and_resumes_without_loss_or_corruption() {
     // Space comes back and the intake with it: everything arrives, nothing is reported lost.
     std::fs::remove_file(&filler).unwrap();
     intake.force_status(None);
-    wait_for("every event", Duration::from_secs(60), || {
-        let (events, _) = received(&intake);
-        ids.iter().all(|id| events.contains_key(id))
-    });
+    wait_delivered("every event", &intake, &ids, Duration::from_secs(60));
     assert!(http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     let (events, records) = received(&intake);
-    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let dups = duplicates(&events);
     eprintln!(
         "enospc: {} events, {segments} segments on the full disk, {} failed writes, {} failed \
          checkpoint saves, {dups} duplicates",
@@ -1254,16 +1276,12 @@ fn a_read_only_state_dir_stops_the_start_clearly_and_is_survived_while_running()
     let dir = workdir("readonly");
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let intake = Emulator::start(&dir.join("intake"), Options::default());
-    let mut writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 30, false);
-    let port = free_port();
-    let cfg = config(
-        &dir,
-        &writer.path(),
-        &intake,
-        &Options::default().key,
-        &format!("metrics_address: 127.0.0.1:{port}\n"),
-    );
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(&dir, (1024 * 1024, 30, false), "");
     let log = dir.join("service.log");
 
     // At start: a clear error and exit 1, not a crash loop on half-made state.
@@ -1302,10 +1320,7 @@ fn a_read_only_state_dir_stops_the_start_clearly_and_is_survived_while_running()
     };
     let child = start_logged(&cfg, &log);
     write(0, 500, &mut ids);
-    wait_for("the first events", Duration::from_secs(30), || {
-        let (events, _) = received(&intake);
-        ids.iter().all(|id| events.contains_key(id))
-    });
+    wait_delivered("the first events", &intake, &ids, Duration::from_secs(30));
     let ro = Mounted::read_only(&state).unwrap();
     write(500, 2500, &mut ids);
     wait_for("a failed spool write", Duration::from_secs(30), || {
@@ -1318,14 +1333,11 @@ fn a_read_only_state_dir_stops_the_start_clearly_and_is_survived_while_running()
     let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
     assert!(health.contains("spool cannot be written"), "{health}");
     drop(ro);
-    wait_for("every event", Duration::from_secs(60), || {
-        let (events, _) = received(&intake);
-        ids.iter().all(|id| events.contains_key(id))
-    });
+    wait_delivered("every event", &intake, &ids, Duration::from_secs(60));
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     let (events, records) = received(&intake);
-    let dups: u32 = events.values().map(|n| n - 1).sum();
+    let dups = duplicates(&events);
     eprintln!(
         "read-only: {} events, {} failed spool writes, {} failed checkpoint saves, {dups} \
          duplicates",
