@@ -1003,29 +1003,6 @@ impl Tailer {
                 continue;
             }
             if let Some(e) = self.store.get(o.serial).cloned() {
-                // Not gone if its content is being read, or was read, from its start under
-                // another identity: start-up took its `.gz` for a new file while it was
-                // still being written and could not be compared (seen once in 200 SIGKILLs).
-                // That repeats lines; nothing is lost, so nothing is reported.
-                let read_anyway = e.id.fp.identifies()
-                    && (self
-                        .files
-                        .iter()
-                        .any(|t| t.serial != o.serial && t.id.fp == e.id.fp)
-                        || self
-                            .store
-                            .entries
-                            .iter()
-                            .any(|x| x.serial != o.serial && x.id.fp == e.id.fp));
-                if read_anyway {
-                    log::info!(
-                        "{} is read from its start under another name; lines already sent \
-                         from it are sent again",
-                        e.path.display()
-                    );
-                    self.store.remove(o.serial);
-                    continue;
-                }
                 // Gone. A file that never held data when last seen cannot have lost any that
                 // was known; otherwise report what is known (a lower bound unless its final
                 // size was).
