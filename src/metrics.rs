@@ -21,8 +21,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A counter or gauge.
@@ -94,6 +94,60 @@ pub struct FileMetrics {
     pub next_event_micros: Value,
     /// Last time (unix µs) the spool was empty or a segment was delivered.
     pub last_progress_micros: Value,
+    /// Last time (unix µs) the sender loop came round (a step done, or a wait slice over).
+    pub sender_beat_micros: Value,
+    /// Whether the input can be read (set by the reader after each scan).
+    pub input: Input,
+}
+
+/// The reader's view of its `filepath`, for `/healthz` and the metrics.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// Files open (current and rotated).
+    pub files_followed: Value,
+    /// [`InputState`] as a number.
+    pub state: Value,
+    /// Since when (unix µs) `state` holds.
+    pub since_micros: Value,
+    /// The operator's explanation of a bad state (path, errno, what to do).
+    pub reason: Mutex<String>,
+}
+
+/// See [`Input::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputState {
+    Following = 0,
+    /// No file matches (and nothing failed): audit logging off, or not there yet.
+    NoMatch = 1,
+    /// No file is followed and something could not be read.
+    Blocked = 2,
+}
+
+/// How long nothing of a `filepath` may be readable before `/healthz` fails: long enough for
+/// a rotation's instant without a current file, short against an operator's mistake.
+pub const INPUT_GRACE: Duration = Duration::from_secs(10);
+
+impl Input {
+    /// Records the state and its explanation; the time it began moves only when the state
+    /// itself changes (a new reason for the same state does not restart the grace).
+    pub fn set(&self, state: InputState, now_micros: u64, reason: String) {
+        match self.reason.lock() {
+            Ok(mut r) => *r = reason,
+            Err(poisoned) => *poisoned.into_inner() = reason,
+        }
+        if self.state.get() != state as u64 || self.since_micros.get() == 0 {
+            self.state.set(state as u64);
+            self.since_micros.set(now_micros);
+        }
+    }
+
+    /// The explanation recorded with the current state.
+    pub fn reason_text(&self) -> String {
+        match self.reason.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 impl FileMetrics {
@@ -107,6 +161,7 @@ impl FileMetrics {
             ..FileMetrics::default()
         };
         m.last_progress_micros.set(now_micros());
+        m.sender_beat_micros.set(now_micros());
         m
     }
 
@@ -126,14 +181,56 @@ pub struct Metrics {
     pub files: Vec<Arc<FileMetrics>>,
     pub unhealthy_after: Duration,
     pub started_micros: u64,
+    /// Last time (unix µs) the reader loop came round.
+    pub reader_beat_micros: Value,
+    /// `/livez` fails when a loop has not come round for this long (see [`Metrics::liveness`]).
+    pub stuck_after: Duration,
 }
 
 impl Metrics {
     pub fn new(files: Vec<Arc<FileMetrics>>, unhealthy_after: Duration) -> Metrics {
-        Metrics {
+        let now = now_micros();
+        let m = Metrics {
             files,
             unhealthy_after,
-            started_micros: now_micros(),
+            started_micros: now,
+            reader_beat_micros: Value::default(),
+            stuck_after: Duration::from_secs(120),
+        };
+        m.reader_beat_micros.set(now);
+        m
+    }
+
+    /// `Ok` while the process makes progress, else why not: the liveness verdict, for a
+    /// supervisor that restarts the process (the kubelet's liveness probe). It fails only
+    /// when a loop is stuck — the reader has not come back to its poll, or a sender to its
+    /// next step, for [`Metrics::stuck_after`] — never for an outside problem (intake down,
+    /// key refused, disk full, unreadable input) that a restart cannot fix: those fail
+    /// `/healthz`, which is for alerting.
+    pub fn liveness(&self, now_micros: u64) -> Result<(), String> {
+        let limit = self.stuck_after.as_micros() as u64;
+        let mut stuck = Vec::new();
+        let reader = now_micros.saturating_sub(self.reader_beat_micros.get());
+        if reader > limit {
+            stuck.push(format!(
+                "the reader loop has not come round for {} s",
+                reader / 1_000_000
+            ));
+        }
+        for f in &self.files {
+            let sender = now_micros.saturating_sub(f.sender_beat_micros.get());
+            if sender > limit {
+                stuck.push(format!(
+                    "{}: the sender has not come round for {} s",
+                    f.file,
+                    sender / 1_000_000
+                ));
+            }
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            Err(stuck.join("\n"))
         }
     }
 
@@ -154,6 +251,9 @@ impl Metrics {
                     f.file
                 ));
             }
+            if let Some(p) = self.input_problem(f, now_micros) {
+                problems.push(p);
+            }
             let stalled = now_micros.saturating_sub(f.last_progress_micros.get());
             if f.spool_segments() > 0 && stalled > self.unhealthy_after.as_micros() as u64 {
                 problems.push(format!(
@@ -168,6 +268,32 @@ impl Metrics {
             Ok(())
         } else {
             Err(problems.join("\n"))
+        }
+    }
+
+    /// Nothing of the file's pattern has been readable for [`INPUT_GRACE`], or nothing has
+    /// matched it for `unhealthy_after` (audit logging off).
+    fn input_problem(&self, f: &FileMetrics, now_micros: u64) -> Option<String> {
+        let state = f.input.state.get();
+        let lasted = now_micros.saturating_sub(f.input.since_micros.get());
+        if state == InputState::Blocked as u64 && lasted >= INPUT_GRACE.as_micros() as u64 {
+            Some(format!(
+                "{}: nothing can be read for {} s: {}",
+                f.file,
+                lasted / 1_000_000,
+                f.input.reason_text()
+            ))
+        } else if state == InputState::NoMatch as u64
+            && lasted > self.unhealthy_after.as_micros() as u64
+        {
+            Some(format!(
+                "{}: no file has matched for {} s: {}",
+                f.file,
+                lasted / 1_000_000,
+                f.input.reason_text()
+            ))
+        } else {
+            None
         }
     }
 
@@ -283,6 +409,18 @@ impl Metrics {
                 "gauge",
                 "1 while reading is paused: the spool is full of critical events or cannot be written.",
                 |f| f.reader_paused.get(),
+            ),
+            (
+                "files_followed",
+                "gauge",
+                "Files of the filepath open for reading (the current one and rotated ones).",
+                |f| f.input.files_followed.get(),
+            ),
+            (
+                "input_state",
+                "gauge",
+                "0 while a file is followed, 1 while no file matches, 2 while nothing can be read (see /healthz for why).",
+                |f| f.input.state.get(),
             ),
             (
                 "events_shipped_total",
@@ -468,6 +606,13 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
+fn verdict(v: Result<(), String>) -> (&'static str, &'static str, String) {
+    match v {
+        Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+        Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+    }
+}
+
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -515,15 +660,15 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
                 metrics.render(now_micros()),
             ),
             (Some(_), Some("/healthz"), Some(v)) if v.starts_with("HTTP/") => {
-                match metrics.health(now_micros()) {
-                    Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
-                    Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-                }
+                verdict(metrics.health(now_micros()))
+            }
+            (Some(_), Some("/livez"), Some(v)) if v.starts_with("HTTP/") => {
+                verdict(metrics.liveness(now_micros()))
             }
             (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") => (
                 "404 Not Found",
                 "text/plain",
-                "try /metrics or /healthz\n".to_string(),
+                "try /metrics, /healthz or /livez\n".to_string(),
             ),
             _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
         }
@@ -559,6 +704,66 @@ mod tests {
         f.key_refused.set(401);
         let e = m.health(now).unwrap_err();
         assert!(e.contains("HTTP 401"), "{e}");
+    }
+
+    #[test]
+    fn health_fails_when_nothing_can_be_read_after_a_grace_and_on_no_match_after_the_limit() {
+        let f = Arc::new(FileMetrics::new("/var/log/audit.log", &[]));
+        let m = Metrics::new(vec![f.clone()], Duration::from_secs(60));
+        let t0 = 1_000_000_000;
+        let why = "/var/log/kubernetes: Permission denied (os error 13)";
+        f.input.set(InputState::Blocked, t0, why.to_string());
+        assert!(m.health(t0 + 9_000_000).is_ok(), "within the grace");
+        let e = m.health(t0 + 10_000_000).unwrap_err();
+        assert_eq!(
+            e,
+            "/var/log/audit.log: nothing can be read for 10 s: \
+             /var/log/kubernetes: Permission denied (os error 13)"
+        );
+        assert!(m.render(t0 + 10_000_000).contains("kas_healthy 0\n"));
+        // A new reason for the same state: reported, the time kept.
+        let file = "/var/log/kubernetes/audit.log: Permission denied (os error 13)";
+        f.input
+            .set(InputState::Blocked, t0 + 10_500_000, file.to_string());
+        let e = m.health(t0 + 10_500_000).unwrap_err();
+        assert!(e.contains("for 10 s: /var/log/kubernetes/audit.log"), "{e}");
+        f.input
+            .set(InputState::Following, t0 + 11_000_000, String::new());
+        assert!(m.health(t0 + 11_000_000).is_ok());
+        f.input.set(
+            InputState::NoMatch,
+            t0 + 12_000_000,
+            "/var/log/kubernetes does not exist".into(),
+        );
+        assert!(m.health(t0 + 72_000_000).is_ok(), "up to unhealthy_after");
+        let e = m.health(t0 + 73_000_000).unwrap_err();
+        assert!(e.contains("no file has matched for 61 s"), "{e}");
+    }
+
+    #[test]
+    fn liveness_fails_only_when_a_loop_is_stuck() {
+        let f = Arc::new(FileMetrics::new("/var/log/audit.log", &[]));
+        let mut m = Metrics::new(vec![f.clone()], Duration::from_secs(60));
+        m.stuck_after = Duration::from_secs(30);
+        let now = m.reader_beat_micros.get();
+        // Outside problems fail health, not liveness.
+        f.key_refused.set(401);
+        f.spool_write_failing.set(1);
+        assert!(m.health(now).is_err());
+        assert!(m.liveness(now + 30_000_000).is_ok());
+        let e = m.liveness(now + 31_000_000).unwrap_err();
+        assert!(
+            e.contains("the reader loop has not come round for 31 s"),
+            "{e}"
+        );
+        m.reader_beat_micros.set(now + 31_000_000);
+        f.sender_beat_micros.set(now + 31_000_000);
+        assert!(m.liveness(now + 31_000_000).is_ok());
+        let e = m.liveness(now + 62_000_000).unwrap_err();
+        assert!(
+            e.contains("/var/log/audit.log: the sender has not come round"),
+            "{e}"
+        );
     }
 
     #[test]

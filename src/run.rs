@@ -22,9 +22,10 @@ use crate::config::{Config, LogFile};
 use crate::extract::{Extractor, Format};
 use crate::filter::{self, Rule};
 use crate::intake::{Sender, Step};
-use crate::metrics::{FileMetrics, Metrics, now_micros};
+use crate::metrics::{FileMetrics, INPUT_GRACE, InputState, Metrics, now_micros};
 use crate::records::{self, Loss};
 use crate::spool::{Class, Segment, Spool, Stored, classify};
+use crate::tail::access::Reading;
 use crate::tail::{Position, TailConfig, TailEvent, Tailer};
 use crate::timestamp::parse_micros;
 use std::collections::VecDeque;
@@ -49,6 +50,8 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(50);
 /// After this long with nothing read and no batch open, freed memory goes back to the system.
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
+/// Longest park of a waiting sender between two heartbeats.
+const SENDER_BEAT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the senders to finish their current step.
 const SENDER_GRACE: Duration = Duration::from_secs(2);
 
@@ -105,12 +108,31 @@ impl LineWarnings {
     }
 }
 
-/// The recurring problems [`Stage::complain`] logs.
+/// The recurring problems [`Stage::complain`] logs, each on its own clock.
 #[derive(Clone, Copy)]
 enum Problem {
     SpoolFull = 0,
     SpoolWrite = 1,
     CheckpointSave = 2,
+    /// Nothing of the `filepath` can be read (a directory or file refuses the service).
+    InputBlocked = 3,
+    /// Some file or directory cannot be read while others are followed.
+    InputUnreadable = 4,
+    /// No file matches the `filepath`.
+    NoMatch = 5,
+}
+
+impl Problem {
+    const COUNT: usize = 6;
+
+    /// Least time between two logs of the problem. A missing audit log may be a choice
+    /// (audit logging not turned on yet): said every 10 minutes, not every 30 s.
+    fn period(self) -> Duration {
+        match self {
+            Problem::NoMatch => Duration::from_secs(600),
+            _ => Duration::from_secs(30),
+        }
+    }
 }
 
 /// Per file: the start of its first line in a batch (or the end of its last line read).
@@ -167,8 +189,10 @@ struct Stage {
     moved: bool,
     sender: Option<Thread>,
     /// When each recurring problem was last logged, by [`Problem`].
-    last_error_log: [Option<Instant>; 3],
+    last_error_log: [Option<Instant>; Problem::COUNT],
     line_warnings: LineWarnings,
+    /// An input problem was logged (so its end is, too).
+    input_complained: bool,
 }
 
 struct Pipeline {
@@ -176,6 +200,8 @@ struct Pipeline {
     tailer: Tailer,
     stage: Stage,
     last_save: Instant,
+    /// What [`Pipeline::observe_input`] last published.
+    last_reading: Option<Reading>,
 }
 
 impl Stage {
@@ -408,11 +434,11 @@ impl Stage {
             .set(u64::from(!self.backlog.is_empty()));
     }
 
-    /// Logs a recurring problem at most every 30 s (each kind on its own clock, so one
-    /// does not hide another).
+    /// Logs a recurring problem at most every [`Problem::period`] (each kind on its own
+    /// clock, so one does not hide another).
     fn complain(&mut self, problem: Problem, what: impl FnOnce() -> String) {
         let last = &mut self.last_error_log[problem as usize];
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+        if last.is_none_or(|t| t.elapsed() >= problem.period()) {
             log::error!("{}", what());
             *last = Some(Instant::now());
         }
@@ -549,10 +575,12 @@ impl Pipeline {
                 stored: false,
                 moved: false,
                 sender: None,
-                last_error_log: [None; 3],
+                last_error_log: [None; Problem::COUNT],
                 line_warnings: LineWarnings::new(),
+                input_complained: false,
             },
             last_save: Instant::now(),
+            last_reading: None,
         })
     }
 
@@ -566,7 +594,66 @@ impl Pipeline {
         stage.seal_due(Instant::now());
         stage.report_evictions();
         self.commit(false);
+        self.observe_input();
         polled.more && self.stage.backlog.is_empty()
+    }
+
+    /// Publishes whether the `filepath` can be read (health) and logs what cannot,
+    /// rate-limited: an operator's mistake (permissions, audit logging off) must be visible,
+    /// and a scan every second must not turn it into a flood.
+    fn observe_input(&mut self) {
+        let now = now_micros();
+        let access = self.tailer.access();
+        let reading = access.reading();
+        let also_unreadable = access.unreadable.first().cloned();
+        let m = self.stage.m.clone();
+        m.input.files_followed.set(access.following as u64);
+        let was = m.input.state.get();
+        let pattern = &self.name;
+        let state = match &reading {
+            Reading::Following => InputState::Following,
+            Reading::NoMatch { .. } => InputState::NoMatch,
+            Reading::Blocked(_) => InputState::Blocked,
+        };
+        if self.last_reading.as_ref() != Some(&reading) {
+            m.input.set(state, now, describe_input(pattern, &reading));
+            self.last_reading = Some(reading.clone());
+        }
+        let lasted = Duration::from_micros(now.saturating_sub(m.input.since_micros.get()));
+        match reading {
+            Reading::Following => {
+                if was != InputState::Following as u64 && self.stage.input_complained {
+                    log::info!(
+                        "{pattern}: following {} file(s) now",
+                        m.input.files_followed.get()
+                    );
+                }
+                self.stage.input_complained = false;
+                if let Some(u) = also_unreadable {
+                    self.stage.complain(Problem::InputUnreadable, || {
+                        format!("{pattern}: cannot read {u}; {}", u.hint())
+                    });
+                }
+            }
+            Reading::Blocked(_) => {
+                self.stage.input_complained = true;
+                self.stage.complain(Problem::InputBlocked, || {
+                    format!(
+                        "{pattern}: nothing can be read, nothing is shipped: {}",
+                        m.input.reason_text()
+                    )
+                });
+            }
+            // A rotation can leave no current file for an instant: only a lasting absence
+            // is worth a line.
+            Reading::NoMatch { .. } if lasted >= INPUT_GRACE => {
+                self.stage.input_complained = true;
+                self.stage.complain(Problem::NoMatch, || {
+                    format!("{pattern}: {}; waiting for it", m.input.reason_text())
+                });
+            }
+            Reading::NoMatch { .. } => {}
+        }
     }
 
     fn commit(&mut self, force: bool) {
@@ -626,6 +713,21 @@ impl Pipeline {
     }
 }
 
+/// The operator's explanation of a `filepath` that cannot be read or matches nothing (for
+/// the log and `/healthz`).
+fn describe_input(pattern: &str, reading: &Reading) -> String {
+    const AUDIT_ON: &str = "is audit logging on (kube-apiserver --audit-log-path, k3s \
+                            --kube-apiserver-arg=audit-log-path=...)?";
+    match reading {
+        Reading::Following => String::new(),
+        Reading::Blocked(u) => format!("{u}; {}", u.hint()),
+        Reading::NoMatch { missing: Some(dir) } => {
+            format!("{} does not exist; {AUDIT_ON}", dir.display())
+        }
+        Reading::NoMatch { missing: None } => format!("no file matches {pattern}; {AUDIT_ON}"),
+    }
+}
+
 /// Where the spool of a log file lives: `<state_dir>/spool/<id of the file pattern>`.
 pub fn spool_dir(state_dir: &Path, filepath: &str) -> PathBuf {
     let tc = TailConfig::new(filepath, state_dir);
@@ -642,6 +744,7 @@ fn send_loop(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::SeqCst) {
+        m.sender_beat_micros.set(now_micros());
         let step = sender.deliver_next(&spool);
         let h = &sender.health;
         m.events_shipped.set(h.delivered_events);
@@ -678,11 +781,13 @@ fn send_loop(
             Step::Wait(d) => {
                 let until = Instant::now() + d;
                 while !stop.load(Ordering::SeqCst) {
+                    // A backoff lasts up to minutes: beat in slices, for /livez.
+                    m.sender_beat_micros.set(now_micros());
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
-                    thread::park_timeout(left);
+                    thread::park_timeout(left.min(SENDER_BEAT));
                 }
             }
         }
@@ -766,10 +871,15 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     for logfile in &cfg.logfiles {
         pipelines.push(Pipeline::open(cfg, logfile, &host)?);
     }
-    let metrics = Arc::new(Metrics::new(
+    let mut metrics = Metrics::new(
         pipelines.iter().map(|p| p.stage.m.clone()).collect(),
         cfg.unhealthy_after,
-    ));
+    );
+    // A sender's step is at most one request (bounded by the timeout) and a few spool
+    // writes; a reader's step is a bounded read and a few spool writes.
+    metrics.stuck_after =
+        (cfg.request_timeout * 2 + Duration::from_secs(60)).max(Duration::from_secs(120));
+    let metrics = Arc::new(metrics);
     if let Some(addr) = cfg.metrics_address {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("metrics_address {addr}: {e}"))?;
@@ -778,7 +888,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
             .name("metrics".into())
             .spawn(move || crate::metrics::serve(listener, metrics))
             .map_err(|e| format!("metrics thread: {e}"))?;
-        log::info!("metrics on http://{addr}/metrics, health on /healthz");
+        log::info!("metrics on http://{addr}/metrics, health on /healthz, liveness on /livez");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders: Vec<JoinHandle<()>> = Vec::new();
@@ -804,7 +914,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         cfg.state_dir.display()
     );
 
-    let result = reader_loop(&mut pipelines, &signals);
+    let result = reader_loop(&mut pipelines, &signals, &metrics);
     for p in &mut pipelines {
         p.finish();
     }
@@ -827,7 +937,11 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     result
 }
 
-fn reader_loop(pipelines: &mut [Pipeline], signals: &Signals) -> Result<(), String> {
+fn reader_loop(
+    pipelines: &mut [Pipeline],
+    signals: &Signals,
+    metrics: &Metrics,
+) -> Result<(), String> {
     use mio::unix::SourceFd;
     use mio::{Events, Interest, Poll, Token};
     let mut poll = Poll::new().map_err(|e| format!("mio: {e}"))?;
@@ -847,6 +961,7 @@ fn reader_loop(pipelines: &mut [Pipeline], signals: &Signals) -> Result<(), Stri
     let mut last_busy = Instant::now();
     let mut trimmed = false;
     loop {
+        metrics.reader_beat_micros.set(now_micros());
         let last_read = Instant::now();
         let mut more = false;
         for p in pipelines.iter_mut() {

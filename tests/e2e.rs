@@ -34,7 +34,14 @@ use support::apiserver::{AuditWriter, fresh_event, get_string};
 use support::corpus::{Rng, samples};
 use support::intake::{Emulator, Fault, Options};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-audit-shipper");
+/// The binary under test: the one cargo built with this test, or `KAS_E2E_BIN` (CI points it
+/// at the static musl release binary, the one users run; see `.ci/run`).
+fn bin() -> PathBuf {
+    std::env::var_os("KAS_E2E_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_kube-audit-shipper")),
+        PathBuf::from,
+    )
+}
 
 fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kas-e2e-{name}-{}", std::process::id()));
@@ -120,25 +127,43 @@ fn start(config: &Path) -> Service {
 }
 
 fn start_with(config: &Path, env: &[(&str, &str)]) -> Service {
-    Service(Some(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("KAS_E2E_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ))
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("KAS_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(log) = child.stderr.take() {
+        forward_log(log);
+    }
+    Service(Some(child))
+}
+
+/// Copies the service's log into this test's captured output: shown when the test fails (or
+/// with `--nocapture`), not on the terminal of a passing run. The thread inherits the test's
+/// output capture and ends when the service closes its stderr.
+fn forward_log(log: std::process::ChildStderr) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(log)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            eprintln!("service: {}", String::from_utf8_lossy(&line));
+        }
+    });
 }
 
 /// The service with its stderr (the log) going to `log`.
 fn start_logged(config: &Path, log: &Path) -> Service {
     Service(Some(
-        Command::new(BIN)
+        Command::new(bin())
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -528,6 +553,12 @@ fn sigkill_at_random_moments_loses_nothing() {
     ignore = "crash points are compiled into debug builds only"
 )]
 fn a_crash_inside_each_durability_step_loses_nothing() {
+    if std::env::var_os("KAS_E2E_BIN").is_some() {
+        // A release binary (what KAS_E2E_BIN names in CI) has no crash points: the test
+        // would wait for crashes that never come. The debug binary's run covers it.
+        eprintln!("skipped: KAS_E2E_BIN is set; crash points exist in debug builds only");
+        return;
+    }
     let points = [
         "spool_segment_synced",
         "spool_segment_stored",
@@ -581,6 +612,20 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap()
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Whether a process's memory figures are its own: under qemu-user (the ARM suite on an x86_64
+/// host, started through binfmt_misc) the process is the emulator, and its RSS holds qemu's
+/// translation cache and the state of every thread that ever ran, which grows with run time
+/// whatever the program does. The kernel names the interpreter as the executable then.
+fn native_memory(pid: u32) -> Result<(), String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("cannot read /proc/{pid}/exe: {e}"))?;
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name {
+        Some(n) if n.starts_with("qemu-") => Err(format!("the process runs under {n}")),
+        _ => Ok(()),
+    }
 }
 
 #[test]
@@ -701,6 +746,7 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let (rss, peak) = rss_kib(pid);
+    let memory_is_own = native_memory(pid);
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
 
@@ -746,12 +792,19 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
     let missing = intact.iter().filter(|id| !events.contains(*id)).count();
     assert_eq!(missing, 0, "intact events lost");
     // Bounded memory: no growth with the input beyond the buffers' high-water marks (a
-    // generous bound; the measured peak is printed above), and a bounded log.
-    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
-    assert!(
-        rss < rss_early + 16 * 1024,
-        "RSS grew from {rss_early} to {rss} KiB"
-    );
+    // generous bound; the measured peak is printed above). Asserted only where the figures
+    // are the service's own (see `native_memory`); printed in any case.
+    match memory_is_own {
+        Ok(()) => {
+            assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+            assert!(
+                rss < rss_early + 16 * 1024,
+                "RSS grew from {rss_early} to {rss} KiB"
+            );
+        }
+        Err(why) => eprintln!("mutated: memory bounds not asserted: {why}"),
+    }
+    // A bounded log.
     assert!(
         logged_lines < 200,
         "{logged_lines} log lines:\n{}",
@@ -1075,6 +1128,9 @@ fn refused_key_then_fixed(status: u16) {
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(health.contains("refuses the intake key"), "{health}");
     assert!(!health.contains("wrong-key"));
+    // Not a reason to restart the process: liveness passes.
+    let live = http(port, b"GET /livez HTTP/1.1\r\n\r\n");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     assert!(intake.events().is_empty());
@@ -1361,7 +1417,7 @@ fn check_reports_the_plan_and_each_problem_with_its_fix() {
     let intake = Emulator::start(&dir.join("intake"), Options::default());
     let writer = AuditWriter::new(&dir.join("logs"), 1024 * 1024, 5, false);
     let run_check = |cfg: &Path| {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["check", "--config"])
             .arg(cfg)
             .output()
@@ -1376,6 +1432,19 @@ fn check_reports_the_plan_and_each_problem_with_its_fix() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("key accepted"), "{out}");
     assert!(out.contains("matches"), "{out}");
+    // check changes nothing: it says what `run` would create instead of creating it.
+    let state = dir.join("state");
+    assert!(!state.exists(), "check created {}", state.display());
+    assert!(
+        out.contains(&format!(
+            "state_dir: {} does not exist; `run` will create it (mode 0700) in {} (writable \
+             by this user)",
+            state.display(),
+            dir.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("; `run` creates it)"), "{out}");
 
     let bad = config(&dir, &dir.join("nowhere/audit.log"), &intake, "wrong", "");
     let (code, out) = run_check(&bad);
@@ -1398,5 +1467,222 @@ fn check_reports_the_plan_and_each_problem_with_its_fix() {
         out.contains("placeholder") && out.contains("line 3"),
         "{out}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The user the service runs as in the permission tests: root reads through any mode, so as
+/// root the service is started as `nobody` (65534), as the systemd unit's own user would be.
+fn service_user() -> Option<u32> {
+    // SAFETY: geteuid has no preconditions.
+    (unsafe { libc::geteuid() } == 0).then_some(65534)
+}
+
+/// Makes `path` belong to the service user (when the tests run as root).
+fn give_to_service_user(path: &Path) {
+    if let Some(uid) = service_user() {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `kube-audit-shipper ARGS` as the service user, with its stderr going to `log`.
+fn spawn_as_service_user(args: &[&str], config: &Path, log: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    if let Some(uid) = service_user() {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A work dir the service user can use: the config, its state_dir and the CA are theirs or
+/// readable to them.
+fn permission_rig(name: &str) -> (PathBuf, Rig) {
+    let dir = workdir(name);
+    chmod(&dir, 0o755);
+    let r = rig(&dir, (1024 * 1024, 5, false), "");
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    give_to_service_user(&state);
+    give_to_service_user(&r.cfg);
+    (dir, r)
+}
+
+fn count_lines(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn an_unreadable_audit_directory_or_file_is_named_logged_sparingly_and_fails_health() {
+    // Issue 12, items 5 and 6: a pipeline that ships nothing because it cannot read its
+    // input names the path and the errno in `check`, in `run`'s log (rate-limited) and in
+    // /healthz, and recovers by itself once the permissions are fixed.
+    let (dir, r) = permission_rig("unreadable");
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = r;
+    let samples = samples();
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let (line, id) = fresh_event(&samples, 12, i);
+        writer.write_line(&line);
+        ids.push(id);
+    }
+    let logs = dir.join("logs");
+    chmod(&logs, 0o000);
+
+    // check: the directory and the errno, not "no file matches".
+    let check_log = dir.join("check.log");
+    let out = spawn_as_service_user(&["check", "--config"], &cfg, &check_log)
+        .wait_with_output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let named = format!(
+        "filepath {}: nothing can be read: {}: Permission denied (os error 13); run the \
+         service as root, or give its user read access",
+        writer.path().display(),
+        logs.display()
+    );
+    assert!(text.contains(&named), "{text}");
+    assert!(!text.contains("no file matches"), "{text}");
+
+    // run: named in the log once (not every second), health fails after the grace,
+    // liveness does not (a restart would not help).
+    let log = dir.join("service.log");
+    let child = Service(Some(spawn_as_service_user(
+        &["run", "--config"],
+        &cfg,
+        &log,
+    )));
+    wait_for("the input state", Duration::from_secs(10), || {
+        metrics(port)["kas_input_state"] == 2
+    });
+    let logged = format!(
+        "nothing can be read, nothing is shipped: {}: Permission denied (os error 13)",
+        logs.display()
+    );
+    wait_for("health to fail", Duration::from_secs(15), || {
+        http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503")
+    });
+    let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(health.contains("nothing can be read for "), "{health}");
+    assert!(
+        health.contains(&format!(
+            "{}: Permission denied (os error 13)",
+            logs.display()
+        )),
+        "{health}"
+    );
+    assert_eq!(metrics(port)["kas_healthy"], 0);
+    assert!(http(port, b"GET /livez HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert_eq!(
+        count_lines(&log, &logged),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert!(intake.events().is_empty());
+
+    // The directory readable, the file not: one line in 5 s (it was one a second).
+    chmod(&logs, 0o755);
+    chmod(&writer.path(), 0o000);
+    let log = dir.join("service-2.log");
+    let child = Service(Some(spawn_as_service_user(
+        &["run", "--config"],
+        &cfg,
+        &log,
+    )));
+    std::thread::sleep(Duration::from_secs(5));
+    let denied = format!(
+        "{}: Permission denied (os error 13)",
+        writer.path().display()
+    );
+    assert_eq!(
+        count_lines(&log, &denied),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(metrics(port)["kas_input_state"], 2);
+
+    // Fixed: everything is delivered, health passes, the log says so.
+    chmod(&writer.path(), 0o644);
+    wait_delivered(
+        "delivery after the fix",
+        &intake,
+        &ids,
+        Duration::from_secs(30),
+    );
+    wait_for("health", Duration::from_secs(5), || {
+        http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200")
+    });
+    assert_eq!(metrics(port)["kas_input_state"], 0);
+    assert_eq!(metrics(port)["kas_files_followed"], 1);
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert_eq!(count_lines(&log, "following 1 file(s) now"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_filepath_that_matches_nothing_fails_health_after_unhealthy_after_secs() {
+    // Issue 12, item 5: audit logging off (the directory does not exist) looks idle, not
+    // healthy, once it has lasted `unhealthy_after_secs`.
+    let dir = workdir("nomatch");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let port = free_port();
+    let absent = dir.join("audit-logs");
+    let cfg = config(
+        &dir,
+        &absent.join("audit.log"),
+        &intake,
+        &Options::default().key,
+        &format!("metrics_address: 127.0.0.1:{port}\nunhealthy_after_secs: 2\n"),
+    );
+    let child = start(&cfg);
+    assert_eq!(metrics(port)["kas_input_state"], 1);
+    wait_for("health to fail", Duration::from_secs(10), || {
+        http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 503")
+    });
+    let health = http(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert!(
+        health.contains(&format!(
+            "{} does not exist; is audit logging on (kube-apiserver --audit-log-path",
+            absent.display()
+        )),
+        "{health}"
+    );
+    assert!(health.contains("no file has matched for "), "{health}");
+    // Audit logging turned on: followed, shipped, healthy.
+    let mut writer = AuditWriter::new(&absent, 1024 * 1024, 5, false);
+    let samples = samples();
+    let (line, id) = fresh_event(&samples, 13, 0);
+    writer.write_line(&line);
+    wait_delivered("the first event", &intake, &[id], Duration::from_secs(20));
+    wait_for("health", Duration::from_secs(5), || {
+        http(port, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200")
+    });
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -53,9 +53,14 @@ pub fn run(config: &Path) -> Result<bool, String> {
         check_files(&l.filepath, &mut problems);
         let spool = spool_dir(&cfg.state_dir, &l.filepath);
         println!(
-            "  spool: {} (cap {} bytes)",
+            "  spool: {} (cap {} bytes{})",
             spool.display(),
-            cfg.spool_share()
+            cfg.spool_share(),
+            if spool.is_dir() {
+                ""
+            } else {
+                "; `run` creates it"
+            }
         );
         check_intake(&cfg, l, &mut problems);
     }
@@ -74,45 +79,137 @@ pub fn run(config: &Path) -> Result<bool, String> {
     }
 }
 
+/// What `run` would do with the state directory, found without changing anything: `check`
+/// may run on a production node beside the service, and must not create directories or
+/// files there (nor take the service's lock).
 fn check_state_dir(cfg: &Config, problems: &mut Vec<String>) {
     let dir = &cfg.state_dir;
-    let probe = dir.join(".check-probe");
-    let result = crate::durable::create_dir(dir)
-        .and_then(|()| std::fs::write(&probe, b"probe"))
-        .and_then(|()| std::fs::remove_file(&probe));
-    match result {
-        Ok(()) => println!("state_dir: {} (writable)", dir.display()),
-        Err(e) => problems.push(format!(
-            "state_dir {}: not writable ({e}); create it for the service's user, or set \
-             `state_dir:` to a writable directory",
+    let fix = "create it for the service's user (mode 0700), or set `state_dir:` to a \
+               writable directory";
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => match writable(dir) {
+            Ok(()) => println!(
+                "state_dir: {} (exists, writable by this user{})",
+                dir.display(),
+                if lock_is_held(dir) {
+                    "; in use by a running kube-audit-shipper"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => problems.push(format!(
+                "state_dir {}: not writable by this user ({e}); {fix}",
+                dir.display()
+            )),
+        },
+        Ok(_) => problems.push(format!(
+            "state_dir {}: exists and is not a directory; {fix}",
             dir.display()
         )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let existing = dir
+                .ancestors()
+                .skip(1)
+                .find(|a| a.is_dir())
+                .unwrap_or(Path::new("/"));
+            match writable(existing) {
+                Ok(()) => println!(
+                    "state_dir: {} does not exist; `run` will create it (mode 0700) in {} \
+                     (writable by this user)",
+                    dir.display(),
+                    existing.display()
+                ),
+                Err(e) => problems.push(format!(
+                    "state_dir {}: does not exist, and `run` cannot create it: {} is not \
+                     writable by this user ({e}); {fix}",
+                    dir.display(),
+                    existing.display()
+                )),
+            }
+        }
+        Err(e) => problems.push(format!("state_dir {}: {e}; {fix}", dir.display())),
     }
 }
 
+/// Whether this user may create entries in `dir` (the kernel's verdict for the effective
+/// user, including a read-only filesystem), without creating one.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether a running service holds the state directory's lock (probed on a read-only
+/// descriptor, released at once; a missing lock file means no).
+fn lock_is_held(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(dir.join("lock")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; a lock we get is dropped with the file.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
+/// What the pattern matches now, and why nothing when nothing: the directory and the errno
+/// that hide the files (the same diagnosis `run` logs and `/healthz` reports).
 fn check_files(pattern: &str, problems: &mut Vec<String>) {
-    let paths: Vec<_> = match glob::glob(pattern) {
-        Ok(paths) => paths.flatten().collect(),
+    use crate::tail::access::{DirProblem, Unreadable, diagnose_dir, literal_dir};
+    const AUDIT_ON: &str = "is audit logging on (kube-apiserver --audit-log-path, k3s \
+                            --kube-apiserver-arg=audit-log-path=...)?";
+    let paths = match glob::glob(pattern) {
+        Ok(paths) => paths,
         Err(e) => {
             problems.push(format!("filepath {pattern:?}: bad pattern ({e})"));
             return;
         }
     };
-    if paths.is_empty() {
-        problems.push(format!(
-            "filepath {pattern}: no file matches now; is audit logging on \
-             (kube-apiserver --audit-log-path, k3s --kube-apiserver-arg=audit-log-path=...)?"
-        ));
-    }
+    let (mut matched, mut unlisted) = (0, 0);
     for p in paths {
-        match std::fs::File::open(&p).and_then(|f| f.metadata()) {
-            Ok(m) => println!("  matches {} ({} bytes)", p.display(), m.len()),
-            Err(e) => problems.push(format!(
-                "{}: cannot be read ({e}); run as root or with CAP_DAC_READ_SEARCH",
-                p.display()
-            )),
+        match p {
+            Ok(p) => {
+                matched += 1;
+                match std::fs::File::open(&p).and_then(|f| f.metadata()) {
+                    Ok(m) => println!("  matches {} ({} bytes)", p.display(), m.len()),
+                    Err(e) => {
+                        let u = Unreadable::new(&p, &e);
+                        problems.push(format!("{u}; {}", u.hint()));
+                    }
+                }
+            }
+            Err(e) => {
+                unlisted += 1;
+                let u = Unreadable::new(e.path(), e.error());
+                problems.push(format!("filepath {pattern}: cannot list {u}; {}", u.hint()));
+            }
         }
     }
+    if matched > 0 || unlisted > 0 {
+        return;
+    }
+    problems.push(match diagnose_dir(&literal_dir(Path::new(pattern))) {
+        Some(DirProblem::Unreadable(u)) => {
+            format!("filepath {pattern}: nothing can be read: {u}; {}", u.hint())
+        }
+        Some(DirProblem::Missing(p)) => format!(
+            "filepath {pattern}: no file matches now: {} does not exist; {AUDIT_ON}",
+            p.display()
+        ),
+        None => format!("filepath {pattern}: no file matches now; {AUDIT_ON}"),
+    });
 }
 
 /// TLS handshake and an authenticated POST of an empty batch.

@@ -33,11 +33,13 @@
 //!   and a checkpointed file that start-up cannot open is searched by the next scans
 //!   (`Orphan`) before it is reported deleted.
 
+pub mod access;
 pub mod checkpoint;
 pub mod file;
 pub mod watch;
 
 use crate::lines::{Item, LineReader};
+use access::{Access, DirProblem, Unreadable};
 use checkpoint::{Checkpoints, Entry, LoadProblem};
 use file::{FileId, Fingerprint, Source, dev_ino, fingerprint_file, is_gz, prefix};
 use std::fs::{self, File};
@@ -273,6 +275,8 @@ pub struct Tailer {
     /// The count of files created under the followed name against the files found; `None`
     /// without inotify or when the name is a glob.
     unseen: Option<UnseenCheck>,
+    /// What the last full listing and the opens after it could not read (see [`access`]).
+    access: Access,
 }
 
 /// Invariant: every file created under the followed name after start-up is either found by a
@@ -352,12 +356,17 @@ fn mtime_micros(meta: &fs::Metadata) -> i64 {
 }
 
 /// A file that vanished between the scan and the open was renamed or compressed meanwhile:
-/// the next scan finds it under its new name. Anything else is worth a warning.
-fn cannot_follow(path: &Path, e: &io::Error) {
+/// the next scan finds it under its new name. Anything else is recorded in the [`Access`]
+/// (the caller logs it, rate-limited, and health reports it): a scan retries every second,
+/// and a warning each time would flood the log.
+fn cannot_follow(access: &mut Access, path: &Path, e: &io::Error) {
     if e.kind() == io::ErrorKind::NotFound {
         log::debug!("{} vanished before it was opened: {e}", path.display());
     } else {
-        log::warn!("cannot follow {}: {e}", path.display());
+        log::debug!("cannot follow {}: {e}", path.display());
+        if !access.unreadable.iter().any(|u| u.path == path) {
+            access.unreadable.push(Unreadable::new(path, e));
+        }
     }
 }
 
@@ -440,6 +449,7 @@ impl Tailer {
             deferred: Vec::new(),
             pending: std::collections::VecDeque::new(),
             unseen: None,
+            access: Access::default(),
             cfg,
         };
         tailer.recover()?;
@@ -461,18 +471,40 @@ impl Tailer {
         Ok((tailer, problem))
     }
 
-    /// The directories the pattern can match in.
-    fn dirs(&self) -> Vec<PathBuf> {
-        let text = self.dir_pattern.to_string_lossy();
+    /// The directories the pattern can match in. A glob's unreadable directories are
+    /// recorded in the [`Access`].
+    fn dirs(&mut self) -> Vec<PathBuf> {
+        let text = self.dir_pattern.to_string_lossy().into_owned();
         if !text.contains(['*', '?', '[']) {
             return vec![self.dir_pattern.clone()];
         }
-        match glob::glob(&text) {
-            Ok(paths) => paths
-                .filter_map(Result::ok)
-                .filter(|p| p.is_dir())
-                .collect(),
-            Err(_) => Vec::new(),
+        let Ok(paths) = glob::glob(&text) else {
+            return Vec::new();
+        };
+        let mut dirs = Vec::new();
+        for p in paths {
+            match p {
+                Ok(p) if p.is_dir() => dirs.push(p),
+                Ok(_) => {}
+                Err(e) => self
+                    .access
+                    .unreadable
+                    .push(Unreadable::new(e.path(), e.error())),
+            }
+        }
+        if dirs.is_empty() && self.access.unreadable.is_empty() {
+            // Nothing matched: say which part of the pattern is missing or unreadable.
+            self.note_dir_problem(&access::literal_dir(Path::new(&self.cfg.pattern)));
+        }
+        dirs
+    }
+
+    /// Records why `dir` (which could not be listed) cannot be, if it cannot.
+    fn note_dir_problem(&mut self, dir: &Path) {
+        match access::diagnose_dir(dir) {
+            Some(DirProblem::Missing(p)) => self.access.missing.push(p),
+            Some(DirProblem::Unreadable(u)) => self.access.unreadable.push(u),
+            None => {}
         }
     }
 
@@ -480,6 +512,8 @@ impl Tailer {
     fn candidates(&mut self, with_rotated: bool) -> Vec<Candidate> {
         if with_rotated {
             self.listed_at = now_micros();
+            self.access.unreadable.clear();
+            self.access.missing.clear();
         }
         let mut found = Vec::new();
         for dir in self.dirs() {
@@ -498,7 +532,11 @@ impl Tailer {
                     Ok(true) => break,
                     Ok(false) if attempt < LISTING_ATTEMPTS => found.truncate(before),
                     Ok(false) => log::debug!("{} keeps changing while listed", dir.display()),
-                    Err(e) => log::debug!("cannot list {}: {e}", dir.display()),
+                    Err(e) => {
+                        log::debug!("cannot list {}: {e}", dir.display());
+                        self.note_dir_problem(&dir);
+                        break;
+                    }
                 }
             }
         }
@@ -507,7 +545,7 @@ impl Tailer {
 
     /// Adds the candidates of one directory to `found`; `Ok(false)` if it changed meanwhile.
     fn list_dir(
-        &self,
+        &mut self,
         dir: &Path,
         with_rotated: bool,
         found: &mut Vec<Candidate>,
@@ -530,7 +568,10 @@ impl Tailer {
                     stable = false;
                     continue;
                 }
-                Err(_) => continue,
+                Err(e) => {
+                    self.access.unreadable.push(Unreadable::new(&path, &e));
+                    continue;
+                }
             };
             if !meta.is_file() {
                 continue;
@@ -761,7 +802,7 @@ impl Tailer {
             return;
         }
         if let Err(e) = result {
-            cannot_follow(&p.path, &e);
+            cannot_follow(&mut self.access, &p.path, &e);
             if let Some(s) = p.serial {
                 let entry = self.store.get(s).cloned();
                 if let Some(entry) = entry {
@@ -902,7 +943,7 @@ impl Tailer {
                     }
                     seen.extend(serial);
                 }
-                Err(e) => cannot_follow(&c.path, &e),
+                Err(e) => cannot_follow(&mut self.access, &c.path, &e),
             }
         }
         for t in &mut self.files {
@@ -977,7 +1018,7 @@ impl Tailer {
                 // Renamed or deleted meanwhile: the next scan finds it under its new name.
                 Ok(None) => deferred.push((key, 1)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => deferred.push((key, 1)),
-                Err(e) => cannot_follow(&c.path, &e),
+                Err(e) => cannot_follow(&mut self.access, &c.path, &e),
             }
         }
         self.known_siblings = still_known;
@@ -1048,7 +1089,7 @@ impl Tailer {
             }
             Ok(None) => None,
             Err(e) => {
-                cannot_follow(&c.path, &e);
+                cannot_follow(&mut self.access, &c.path, &e);
                 None
             }
         }
@@ -1156,7 +1197,7 @@ impl Tailer {
                             .observe(serial, t.reader.offset(), true, id, &path);
                         self.files.remove(k);
                         if let Err(e) = self.follow(&path, false, 0, None, false, None) {
-                            cannot_follow(&path, &e);
+                            cannot_follow(&mut self.access, &path, &e);
                         }
                         continue;
                     }
@@ -1344,6 +1385,12 @@ impl Tailer {
     /// Number of files currently open.
     pub fn open_files(&self) -> usize {
         self.files.len()
+    }
+
+    /// What can be read of the pattern, as of the last full listing (see [`access`]).
+    pub fn access(&mut self) -> &Access {
+        self.access.following = self.files.len();
+        &self.access
     }
 }
 
