@@ -746,6 +746,7 @@ mod tests {
         let mut m = Metrics::new(vec![f.clone()], Duration::from_secs(60));
         m.stuck_after = Duration::from_secs(30);
         let now = m.reader_beat_micros.get();
+        f.sender_beat_micros.set(now);
         // Outside problems fail health, not liveness.
         f.key_refused.set(401);
         f.spool_write_failing.set(1);
