@@ -114,7 +114,8 @@ impl Config {
 
     /// `parse`, with its error as a value.
     fn check(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut raw: RawConfig = yaml_serde::from_str(text).map_err(ConfigError::from_yaml)?;
+        let mut raw: RawConfig =
+            yaml_serde::from_str(text).map_err(|e| ConfigError::from_yaml(e, text))?;
         let entries = std::mem::take(&mut raw.logfiles);
         if entries.is_empty() {
             return Err(refuse(text, &[Step::Key("logfiles")], Problem::NoLogfiles));
@@ -240,6 +241,8 @@ enum Problem {
         from: String,
         fault: KeyFault,
     },
+    /// A key given twice in one mapping.
+    Duplicate,
     /// The same `filepath` as entry `first`.
     ListedTwice {
         filepath: String,
@@ -250,9 +253,9 @@ enum Problem {
 }
 
 impl ConfigError {
-    /// The YAML deserializer's error. Its position is kept apart, so that it is always
-    /// printed: yaml_serde leaves out "line 1 column 1" (a misspelled first key).
-    fn from_yaml(e: yaml_serde::Error) -> ConfigError {
+    /// The YAML deserializer's error for `text`. Its position is kept apart, so that it is
+    /// always printed: yaml_serde leaves out "line 1 column 1" (a misspelled first key).
+    fn from_yaml(e: yaml_serde::Error, text: &str) -> ConfigError {
         let mut msg = e.to_string();
         let mut at = e.location().map(|l| (l.line(), l.column()));
         if let Some((line, column)) = at {
@@ -263,34 +266,47 @@ impl ConfigError {
                 at = None; // a syntax error: libyaml's message says where, and in what
             }
         }
-        match unknown_key(&msg) {
-            Some((key, name, expected)) => ConfigError {
-                key,
-                problem: Problem::UnknownKey { name, expected },
-                at,
-            },
-            None => ConfigError {
-                key: String::new(),
-                problem: Problem::Yaml(msg),
-                at,
-            },
+        if let Some((key, name, expected)) = unknown_key(&msg) {
+            let problem = Problem::UnknownKey { name, expected };
+            return ConfigError { key, problem, at };
+        }
+        if let Some((path, name)) = duplicate_key(&msg) {
+            // serde reports it at the mapping's start: point at the second one instead.
+            let mut steps = path.map_or(Some(Vec::new()), steps).unwrap_or_default();
+            steps.push(Step::Key(name));
+            let problem = Problem::Duplicate;
+            let key = key_name(&steps);
+            let at = locate_nth(text, &steps, 2).or(at);
+            return ConfigError { key, problem, at };
+        }
+        let problem = Problem::Yaml(msg);
+        ConfigError {
+            key: String::new(),
+            problem,
+            at,
         }
     }
 }
 
-/// serde's "unknown field `x`, expected one of `a`, `b`" (after yaml_serde's path, if any),
-/// as the key's path, its name and the expected keys. Other messages: `None`, and they are
-/// shown as they are.
-fn unknown_key(msg: &str) -> Option<(String, String, Vec<String>)> {
-    let (prefix, rest) = msg.split_once("unknown field `")?;
+/// serde's message about the key `x` (`what` is "unknown field `" or "duplicate field `")
+/// after yaml_serde's path if any: the path (`None`: the top level), `x`, and the rest.
+/// Only a whole message: a path of known keys and indices, then serde's words (a value
+/// quoted by another message could hold the same words).
+fn about_key<'m>(msg: &'m str, what: &str) -> Option<(Option<&'m str>, &'m str, &'m str)> {
+    let (prefix, rest) = msg.split_once(what)?;
     let (name, rest) = rest.split_once('`')?;
-    // Only the whole message: a path of known keys and indices, then serde's words (a
-    // value quoted by another message could hold the same words).
     let path = match prefix.strip_suffix(": ") {
         Some(path) if !path.is_empty() && !path.contains(' ') => Some(path),
         _ if prefix.is_empty() => None,
         _ => return None,
     };
+    Some((path, name, rest))
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`", as the key's path, its name and
+/// the expected keys. Other messages: `None`, and they are shown as they are.
+fn unknown_key(msg: &str) -> Option<(String, String, Vec<String>)> {
+    let (path, name, rest) = about_key(msg, "unknown field `")?;
     if !(rest.starts_with(", expected ") || rest == ", there are no fields") {
         return None;
     }
@@ -305,6 +321,31 @@ fn unknown_key(msg: &str) -> Option<(String, String, Vec<String>)> {
         None => name.to_string(),
     };
     Some((key, name.to_string(), expected))
+}
+
+/// serde's "duplicate field `x`": the path of its mapping and `x`.
+fn duplicate_key(msg: &str) -> Option<(Option<&str>, &str)> {
+    match about_key(msg, "duplicate field `")? {
+        (path, name, "") => Some((path, name)),
+        _ => None,
+    }
+}
+
+/// yaml_serde's path (`logfiles[1].OptimizationRules[0]`) as steps; `None` if a part is not
+/// a key or an index (yaml_serde writes `?` for a key it cannot name).
+fn steps(path: &str) -> Option<Vec<Step<'_>>> {
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let mut pieces = part.split('[');
+        match pieces.next() {
+            Some(name) if !name.is_empty() && name != "?" => steps.push(Step::Key(name)),
+            _ => return None,
+        }
+        for index in pieces {
+            steps.push(Step::Index(index.strip_suffix(']')?.parse().ok()?));
+        }
+    }
+    Some(steps)
 }
 
 impl fmt::Display for ConfigError {
@@ -390,6 +431,7 @@ impl fmt::Display for Problem {
                 write!(f, "the environment variable {var} is not set")
             }
             Problem::BadKey { from, fault } => write!(f, "the key in {from} {fault}"),
+            Problem::Duplicate => f.write_str("given twice; keep one"),
             Problem::ListedTwice { filepath, first } => write!(
                 f,
                 "{filepath:?} is listed twice (also logfiles[{first}]); give each file once"
@@ -404,8 +446,8 @@ impl fmt::Display for Problem {
 
 /// One step of a YAML path from the document's root.
 #[derive(Clone, Copy, Debug)]
-enum Step {
-    Key(&'static str),
+enum Step<'a> {
+    Key(&'a str),
     Index(usize),
 }
 
@@ -451,21 +493,30 @@ const FOUND: &str = "\u{0}found by locate";
 /// Line and column (from 1) of the key at the end of `path` (or of the list entry, when the
 /// path ends with an index), as the YAML parser finds them; `None` if the text lacks it.
 fn locate(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+    locate_nth(text, path, 1)
+}
+
+/// `locate`, for the `nth` (from 1) of the keys that end `path` in their mapping.
+fn locate_nth(text: &str, path: &[Step], nth: usize) -> Option<(usize, usize)> {
     use serde::de::DeserializeSeed;
-    let e = Locate(path)
+    let e = Locate { path, nth }
         .deserialize(yaml_serde::Deserializer::from_str(text))
         .err()?;
     let l = e.location().filter(|_| e.to_string().contains(FOUND))?;
     Some((l.line(), l.column()))
 }
 
-/// Walks `path`, skipping everything else.
-struct Locate<'a>(&'a [Step]);
+/// Walks `path`, skipping everything else, to the `nth` of its last keys.
+#[derive(Clone, Copy)]
+struct Locate<'a> {
+    path: &'a [Step<'a>],
+    nth: usize,
+}
 
 impl<'de> de::DeserializeSeed<'de> for Locate<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        match self.0.split_first() {
+        match self.path.split_first() {
             Some(_) => d.deserialize_any(self),
             None => d.deserialize_any(Here),
         }
@@ -478,24 +529,29 @@ impl<'de> Visitor<'de> for Locate<'_> {
         f.write_str("a mapping or a list")
     }
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some((Step::Key(want), rest)) = self.0.split_first() else {
+        let Some((Step::Key(want), rest)) = self.path.split_first() else {
             return Ok(());
         };
-        let want = KeyIs {
-            want,
-            last: rest.is_empty(),
-        };
-        while let Some(hit) = map.next_key_seed(want)? {
-            if hit {
-                map.next_value_seed(Locate(rest))?;
-            } else {
-                map.next_value::<de::IgnoredAny>()?;
+        let mut seen = 0;
+        loop {
+            let seed = KeyIs {
+                want,
+                last: rest.is_empty() && seen + 1 == self.nth,
+            };
+            match map.next_key_seed(seed)? {
+                None => return Ok(()),
+                Some(true) if !rest.is_empty() => {
+                    map.next_value_seed(Locate { path: rest, ..self })?;
+                }
+                Some(hit) => {
+                    seen += usize::from(hit);
+                    map.next_value::<de::IgnoredAny>()?;
+                }
             }
         }
-        Ok(())
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Some((Step::Index(want), rest)) = self.0.split_first() else {
+        let Some((Step::Index(want), rest)) = self.path.split_first() else {
             return Ok(());
         };
         for _ in 0..*want {
@@ -503,7 +559,7 @@ impl<'de> Visitor<'de> for Locate<'_> {
                 return Ok(());
             }
         }
-        seq.next_element_seed(Locate(rest))?;
+        seq.next_element_seed(Locate { path: rest, ..self })?;
         Ok(())
     }
 }
@@ -1344,6 +1400,10 @@ OptimizationRules:
             )
         );
         assert_eq!(
+            two("/y\n    intakekey: k2\n    OptimizationRules: []\n    intakekey: k3"),
+            format!("{AT}logfiles[1].intakekey: given twice; keep one at line 7 column 5")
+        );
+        assert_eq!(
             two("/y\n    intakekey: \" k2\""),
             format!(
                 "{AT}logfiles[1].intakekey: intakekey holds spaces or characters that cannot \
@@ -1436,6 +1496,13 @@ OptimizationRules:
                  spool_max_bytes or lower batch_max_bytes at line 1 column 1"
             )
         );
+        let e =
+            parse("region: fra1\nlogfiles:\n  - filepath: /x\n    intakekey: k\nregion: usa1\n")
+                .unwrap_err();
+        assert_eq!(
+            e,
+            format!("{AT}region: given twice; keep one at line 5 column 1")
+        );
         let e = parse("logfiles: []\n").unwrap_err();
         assert_eq!(
             e,
@@ -1491,6 +1558,21 @@ OptimizationRules:
                 vec!["filepath".to_string()]
             ))
         );
+        assert_eq!(
+            duplicate_key("logfiles[1]: duplicate field `intakekey`"),
+            Some((Some("logfiles[1]"), "intakekey"))
+        );
+        assert_eq!(duplicate_key("duplicate field `region`, or not"), None);
+        assert!(matches!(
+            steps("logfiles[1].OptimizationRules[0]").as_deref(),
+            Some([
+                Step::Key("logfiles"),
+                Step::Index(1),
+                Step::Key("OptimizationRules"),
+                Step::Index(0)
+            ])
+        ));
+        assert!(steps("logfiles[1].?").is_none());
         // A value quoted in another message.
         assert_eq!(
             unknown_key("start_at: expected beginning or end, got \"unknown field `x`, y\""),
