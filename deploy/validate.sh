@@ -414,8 +414,8 @@ for f, ds in by_kind.get("DaemonSet", []):
     probe = (c.get("livenessProbe") or {}).get("httpGet") or {}
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     probe_port = ports.get(probe.get("port"), probe.get("port"))
-    check(probe.get("path") == "/healthz" and probe_port == port,
-          f"{f}: livenessProbe GET /healthz on the metrics port {port}")
+    check(probe.get("path") == "/livez" and probe_port == port,
+          f"{f}: livenessProbe GET /livez on the metrics port {port} (not /healthz: it fails on outside problems a restart cannot fix)")
     check(ip.is_unspecified, f"{f}: metrics_address {ip}:{port} reachable by the kubelet's probe on the pod IP")
     img = c.get("image", "")
     for kf, k in kustomizations:
@@ -466,6 +466,15 @@ check(ep[1:3] == ["run", "--config"] and ep[3:] == [exec_start[3]] and container
       f"deploy/Containerfile: ENTRYPOINT {ep} reads the ConfigMap's config.yaml (same path as the unit)")
 check(any(l.startswith("COPY ") and l.split()[-1] == ep[0] for l in instr) if ep else False,
       "deploy/Containerfile: COPY puts the binary at the ENTRYPOINT's path")
+
+# Alert rules use only the metrics the service exports (series names in src/metrics.rs).
+exported = set(re.findall(r'"([a-z_]+)"', open("src/metrics.rs").read()))
+for f, d in by_kind.get("PrometheusRule", []):
+    exprs = [r.get("expr", "") for g in (d.get("spec") or {}).get("groups") or [] for r in g.get("rules") or []]
+    used = sorted({m for e in exprs for m in re.findall(r"kas_([a-z_]+)", str(e))})
+    unknown = [m for m in used if m not in exported]
+    check(exprs and not unknown,
+          f"{f}: {len(exprs)} rule(s) on metrics the service exports" + (f"; unknown: {unknown}" if unknown else ""))
 
 for ok, what in results:
     print(("PASS  " if ok else "FAIL  ") + what)
