@@ -555,6 +555,23 @@ fn truncated_lines_say_where_they_were_cut() {
             );
         }
     }
+    // simd-json's scalar first stage (32-bit ARM) checks UTF-8 before quotes: a cut inside a
+    // multi-byte character reaches `pinpoint` as bad UTF-8, and is still a cut.
+    let cut = b"{\"a\":\"caf\xc3";
+    assert_eq!(
+        ExtractError::InvalidUtf8.pinpoint(cut).to_string(),
+        in_string
+    );
+    let bad = b"{\"a\":\"caf\xc3\"}";
+    assert_eq!(
+        ExtractError::InvalidUtf8.pinpoint(bad).to_string(),
+        "not valid UTF-8"
+    );
+    let bad = b"{\"a\":\"\xff\x01";
+    assert_eq!(
+        ExtractError::OpenStringOrControl.pinpoint(bad).to_string(),
+        "not valid UTF-8"
+    );
 }
 
 /// Every cut of real events, at every byte, multi-block lines included: reported as cut,

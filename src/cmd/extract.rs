@@ -164,7 +164,7 @@ const FLUSH_AT: usize = 256 * 1024;
 
 /// Bad lines listed one by one in a row from one input before the rest of that input's are
 /// only counted: a binary file given by mistake must not bury the terminal.
-pub const LISTED_IN_A_ROW: u32 = 20;
+const LISTED_IN_A_ROW: u32 = 20;
 
 /// gzip's first two bytes (RFC 1952, ID1 ID2).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -240,16 +240,7 @@ impl Run<'_> {
                 Ok(None) => break,
                 Err(e) if gz && is_corrupt_gzip(&e) => {
                     reports.finish(label);
-                    let at = match last_line {
-                        0 => "before its first line".to_owned(),
-                        n => format!("after line {n}"),
-                    };
-                    eprintln!(
-                        "kube-audit-shipper: {label}: corrupt gzip data {at} ({e}); the rest of \
-                         this input is skipped"
-                    );
-                    self.summary.corrupt_inputs += 1;
-                    self.summary.stopped = self.opts.strict;
+                    self.corrupt_gzip(label, last_line, &e);
                     return Ok(());
                 }
                 Err(e) => return Err(read_error(e)),
@@ -276,6 +267,22 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Reports and counts an input whose gzip data broke off after `last_line`. What was
+    /// decompressed before is kept (a backup cut by a full disk still has its events); a
+    /// partial line at the damage is dropped with the rest.
+    fn corrupt_gzip(&mut self, label: &str, last_line: u64, e: &io::Error) {
+        let at = match last_line {
+            0 => "before its first line".to_owned(),
+            n => format!("after line {n}"),
+        };
+        eprintln!(
+            "kube-audit-shipper: {label}: corrupt gzip data {at} ({e}); the rest of this input \
+             is skipped"
+        );
+        self.summary.corrupt_inputs += 1;
+        self.summary.stopped = self.opts.strict;
+    }
+
     /// Writes the event of one line; returns its number and what it was.
     fn item(&mut self, label: &str, item: Item<'_>) -> (u64, Seen) {
         let line = match item {
@@ -291,7 +298,10 @@ impl Run<'_> {
             return (line_no, Seen::Blank);
         }
         let raw_len = line.len;
-        match (self.extractor).extract(line.buf, line.len, self.opts.format, &mut self.out) {
+        match self
+            .extractor
+            .extract(line.buf, line.len, self.opts.format, &mut self.out)
+        {
             Ok(written) => {
                 self.out.push(b'\n');
                 self.summary.events += 1;

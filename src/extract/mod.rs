@@ -177,34 +177,25 @@ impl ExtractError {
     /// Resolves [`ExtractError::OpenStringOrControl`] by reading `line`, the bytes that
     /// were parsed (the parser leaves them untouched when it reports that error): a line
     /// that ends inside a string was cut; otherwise the first raw control character in a
-    /// string is named with its offset. Other errors are returned as they are.
+    /// string is named with its offset. [`ExtractError::InvalidUtf8`] for a line cut inside
+    /// a multi-byte character of a string becomes a cut too. Other errors are returned as
+    /// they are.
     #[cold]
     pub fn pinpoint(self, line: &[u8]) -> ExtractError {
-        if !matches!(self, ExtractError::OpenStringOrControl) {
-            return self;
-        }
-        // simd-json's AVX2 and SSE stages check quotes before UTF-8; a line cut inside a
-        // multi-byte character is still a cut line, anything else is bad UTF-8.
-        if let Err(e) = std::str::from_utf8(line)
-            && e.error_len().is_some()
-        {
-            return ExtractError::InvalidUtf8;
-        }
-        // The same rules as simd-json's first stage: a quote preceded by an odd run of
-        // backslashes does not count, inside strings or out.
-        let (mut inside, mut escaped, mut control) = (false, false, None);
-        for (i, &b) in line.iter().enumerate() {
-            if inside && b < 0x20 && control.is_none() {
-                control = Some(i);
-            }
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                inside = !inside;
-            }
-        }
+        // simd-json's SIMD first stages check quotes before UTF-8 and its scalar one (32-bit
+        // ARM) UTF-8 first: either error can stand for the other, or for both.
+        let said_utf8 = match self {
+            ExtractError::OpenStringOrControl => false,
+            ExtractError::InvalidUtf8 => true,
+            other => return other,
+        };
+        let cut_in_char = match std::str::from_utf8(line) {
+            Ok(_) => false,
+            // Incomplete at the very end: what a cut leaves.
+            Err(e) if e.error_len().is_none() => true,
+            Err(_) => return ExtractError::InvalidUtf8,
+        };
+        let (inside, control) = string_state(line);
         let opens_json = matches!(
             line.iter().find(|b| !b.is_ascii_whitespace()),
             Some(b'{' | b'[' | b'"')
@@ -213,16 +204,37 @@ impl ExtractError {
             return ExtractError::Truncated(Cut::InString);
         }
         match control {
-            Some(at) => ExtractError::Invalid {
+            Some(at) if !said_utf8 => ExtractError::Invalid {
                 reason: "unescaped control character in a string",
                 at,
             },
-            None => ExtractError::Invalid {
+            _ if said_utf8 || cut_in_char => ExtractError::InvalidUtf8,
+            _ => ExtractError::Invalid {
                 reason: "unexpected character",
                 at: 0,
             },
         }
     }
+}
+
+/// Whether `line` ends inside a string, and the offset of the first raw control character
+/// inside one. The rules of simd-json's first stage: a quote after an odd run of
+/// backslashes does not count, inside strings or out.
+fn string_state(line: &[u8]) -> (bool, Option<usize>) {
+    let (mut inside, mut escaped, mut control) = (false, false, None);
+    for (i, &b) in line.iter().enumerate() {
+        if inside && b < 0x20 && control.is_none() {
+            control = Some(i);
+        }
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            inside = !inside;
+        }
+    }
+    (inside, control)
 }
 
 /// What writing an event did.
@@ -272,6 +284,11 @@ impl Extractor {
     /// raw line is still needed). When `buf` has [`INPUT_PADDING`] bytes after the line, the
     /// parser reads them instead of copying the line; their content does not matter and is
     /// left unchanged.
+    ///
+    /// The error may be [`ExtractError::OpenStringOrControl`], which
+    /// [`ExtractError::pinpoint`] resolves from the line (still as it was then). It cannot be
+    /// resolved here: the returned event borrows `buf` for `'a` whether parsing succeeds or
+    /// not, so the line cannot be read again after the parse.
     pub fn parse<'a>(
         &'a mut self,
         buf: &'a mut [u8],
