@@ -228,8 +228,11 @@ fn byte_size(args: &mut lexopt::Parser, name: &str) -> Result<usize, String> {
     let text = raw
         .string()
         .map_err(|_| format!("{name}: value is not valid UTF-8"))?;
-    let bytes = kube_audit_shipper::config::parse_bytes(&text)
-        .map_err(|e| format!("{name} {e}; {BYTE_FORMS}"))?;
+    let bytes = kube_audit_shipper::config::parse_bytes(&text).map_err(|e| {
+        // The config file's message may start with the value itself; it is said once.
+        let why = e.strip_prefix(&format!("{text:?}: ")).unwrap_or(&e);
+        format!("{name} {text:?}: {why}; {BYTE_FORMS}")
+    })?;
     if !(1..=MAX_LINE_LIMIT).contains(&bytes) {
         return Err(format!("{name} {text:?}: expected 1 byte to 4GiB"));
     }
