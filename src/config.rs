@@ -1116,7 +1116,7 @@ checked!(Action(()), |s| match s {
 });
 
 // A byte count: an integer, or a string with a unit (`512KiB`, `256MiB`, `1GiB`, `10MB`).
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

@@ -27,8 +27,12 @@ Commands:
   extract   Read audit-log lines from FILEs (or stdin, or -) and write one JSON line per
             event to stdout: `audit` (default) is the event pruned to what the SEKOIA.IO
             parser reads, `ecs` the document the intake would produce, `raw` the line as
-            read. Lines that are not JSON objects are reported on stderr with file and line
-            number and skipped; --strict stops at the first one with exit status 1.
+            read. gzip input is decompressed, every member of it (told by its first bytes,
+            not by a .gz name). Lines that are not JSON objects are reported on stderr with
+            file and line number and skipped; after 20 in a row from one input the rest of
+            that input's are only counted. Corrupt gzip data is reported and the rest of
+            that input skipped. A summary line on stderr ends the run. --strict stops at the
+            first bad line or corrupt input.
   bench     Measure on this machine what shipping FILE would cost: extraction throughput,
             the SIMD implementation in use, bytes raw -> audit -> gzip, and the CPU share at
             the event rate found in FILE.
@@ -37,14 +41,30 @@ Options:
   --config FILE         run, check: the configuration file
   --format F            output form of extract (audit, ecs, raw)
   --strict              extract: exit non-zero at the first line that is not an event
-  --max-line-bytes N    longest line accepted (default 8 MiB)
+  --max-line-bytes N    longest line accepted (default 8MiB): bytes, or a number with
+                        a unit: 512KiB, 8MiB, 1GiB (1024-based), 10MB (1000-based)
   --rounds N            bench: rounds per measurement, median reported (default 5)
   --level L             bench: gzip level of the full path (default 3, as shipped)
   -h, --help            this text
   -V, --version         version
 
+Exit status:
+  0  success; extract: every line read was an event (empty lines aside)
+  1  check: a problem was found; extract: a line was skipped or an input had corrupt
+     gzip data (with --strict, at the first one)
+  2  usage error; a FILE that cannot be opened or read; extract: writing the output
+     failed; run: the service could not start or stopped on an error
+
 Logging: RUST_LOG=debug|info|warn|error (default info for run, warn otherwise).
 ";
+
+/// The forms `--max-line-bytes` takes, as the config file's byte sizes.
+const BYTE_FORMS: &str =
+    "a size is a number of bytes, or a number with a unit: 512KiB, 8MiB, 1GiB, 10MB";
+
+/// The largest `--max-line-bytes`: simd-json parses no document over 4 GiB, and a limit near
+/// `usize::MAX` would overflow the line reader's arithmetic.
+const MAX_LINE_LIMIT: u64 = 4 << 30;
 
 fn main() -> ExitCode {
     let service = std::env::args().nth(1).is_some_and(|c| c == "run");
@@ -150,7 +170,7 @@ fn run_extract(mut args: lexopt::Parser) -> Result<ExitCode, String> {
         match arg {
             Long("format") => opts.format = parse(&mut args, "--format")?,
             Long("strict") => opts.strict = true,
-            Long("max-line-bytes") => opts.max_line = parse(&mut args, "--max-line-bytes")?,
+            Long("max-line-bytes") => opts.max_line = byte_size(&mut args, "--max-line-bytes")?,
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -160,14 +180,13 @@ fn run_extract(mut args: lexopt::Parser) -> Result<ExitCode, String> {
         }
     }
     match extract::run(&opts) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(extract::Failure::Strict) => Ok(ExitCode::from(1)),
-        Err(extract::Failure::Input(e)) => Err(e),
+        Ok(summary) if summary.clean() => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::from(1)),
         // The reader went away (`| head`): not an error of ours.
         Err(extract::Failure::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             Ok(ExitCode::SUCCESS)
         }
-        Err(extract::Failure::Output(e)) => Err(format!("writing output: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -200,6 +219,24 @@ fn run_bench(mut args: lexopt::Parser) -> Result<ExitCode, String> {
         level,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The value of option `name`, a line length as the config file's `max_line_bytes` is
+/// written (the same parser).
+fn byte_size(args: &mut lexopt::Parser, name: &str) -> Result<usize, String> {
+    let raw = args.value().map_err(|e| e.to_string())?;
+    let text = raw
+        .string()
+        .map_err(|_| format!("{name}: value is not valid UTF-8"))?;
+    let bytes = kube_audit_shipper::config::parse_bytes(&text).map_err(|e| {
+        // The config file's message may start with the value itself; it is said once.
+        let why = e.strip_prefix(&format!("{text:?}: ")).unwrap_or(&e);
+        format!("{name} {text:?}: {why}; {BYTE_FORMS}")
+    })?;
+    if !(1..=MAX_LINE_LIMIT).contains(&bytes) {
+        return Err(format!("{name} {text:?}: expected 1 byte to 4GiB"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("{name} {text:?}: too large for this machine"))
 }
 
 /// The value of option `name`, parsed.

@@ -308,6 +308,7 @@ impl Stage {
                 (class, ts, true)
             }
             Err(e) => {
+                let e = e.pinpoint(&self.raw);
                 self.m.lines_rejected.inc();
                 if self.line_warnings.allow(path) {
                     log::warn!(

@@ -71,8 +71,26 @@ pub enum ExtractError {
     TooDeep,
     /// Valid JSON, but not an object.
     NotAnObject(&'static str),
+    /// The line ends before its JSON value does: most likely it was cut.
+    Truncated(Cut),
+    /// A string is not closed, or holds an unescaped control character: simd-json's first
+    /// stage reports both alike and without a position. [`ExtractError::pinpoint`] tells
+    /// them apart from the line.
+    OpenStringOrControl,
     /// Not valid JSON: what is wrong and the byte offset in the line where it was found.
     Invalid { reason: &'static str, at: usize },
+}
+
+/// Where a [truncated](ExtractError::Truncated) line was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Inside a string (a key or a value).
+    InString,
+    /// Between the members of the top-level object (or inside a nested value that is not a
+    /// string).
+    InObject,
+    /// As [`Cut::InObject`], for a top-level array.
+    InArray,
 }
 
 impl fmt::Display for ExtractError {
@@ -83,6 +101,18 @@ impl fmt::Display for ExtractError {
             ExtractError::NotAnObject(kind) => {
                 write!(f, "a JSON {kind}, not an object")
             }
+            ExtractError::Truncated(Cut::InString) => {
+                f.write_str("ends inside a string (truncated line?)")
+            }
+            ExtractError::Truncated(Cut::InObject) => {
+                f.write_str("ends before the JSON object closes (truncated line?)")
+            }
+            ExtractError::Truncated(Cut::InArray) => {
+                f.write_str("ends before the JSON array closes (truncated line?)")
+            }
+            ExtractError::OpenStringOrControl => f.write_str(
+                "not valid JSON (a string is not closed or holds an unescaped control character)",
+            ),
             ExtractError::Invalid { reason, at } => {
                 write!(f, "not valid JSON ({reason} at byte {at})")
             }
@@ -93,17 +123,29 @@ impl fmt::Display for ExtractError {
 impl std::error::Error for ExtractError {}
 
 impl ExtractError {
-    /// `last_structural` is the offset of the document's last structural character: an error
-    /// found there means the document ended before it was complete.
+    /// `root` is the top-level container the line opens, if it opens one; `last_structural`
+    /// the offset of the document's last structural character.
     #[cold]
-    fn from_simd(e: &simd_json::Error, last_structural: Option<usize>) -> ExtractError {
+    fn from_simd(
+        e: &simd_json::Error,
+        root: Option<Cut>,
+        last_structural: Option<usize>,
+    ) -> ExtractError {
         use ErrorType as T;
+        // Only the first stage reports errors without a character; its "Syntax" means an
+        // open string or a raw control character in one. It never writes to the line.
+        if e.character().is_none() && matches!(e.error(), T::Syntax) {
+            return ExtractError::OpenStringOrControl;
+        }
+        // The second stage reports a document that runs out of structural characters
+        // (a cut line) at its last one: as "Syntax", or for a cut literal (`tru`) as what
+        // that literal should have been.
+        let at_end = last_structural.is_some_and(|last| e.index() >= last);
         let reason = match e.error() {
             T::InvalidUtf8 => return ExtractError::InvalidUtf8,
             T::DepthLimitExceeded => return ExtractError::TooDeep,
-            T::Eof | T::UnterminatedString | T::ExpectedArrayContent | T::ExpectedObjectContent => {
-                "ends in the middle of a value (truncated line?)"
-            }
+            T::UnterminatedString => return ExtractError::Truncated(Cut::InString),
+            T::Eof => "no JSON value",
             T::TrailingData => "more data after the JSON value",
             T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
                 "invalid escape sequence in a string"
@@ -116,19 +158,83 @@ impl ExtractError {
             T::ExpectedMapComma | T::ExpectedArrayComma | T::ExpectedMapEnd => {
                 "expected ',' or a closing bracket"
             }
+            // A wrong character where a member or element should follow, not a cut: a
+            // cut line ends with what came before it, and is reported as "Syntax".
+            T::ExpectedObjectContent => "expected a string key, ',' or '}' in an object",
+            T::ExpectedArrayContent => "expected ',' or ']' in an array",
             T::InputTooLarge => "line too large for the parser (4 GiB)",
-            // simd-json reports most cut-off documents as a syntax error at their last
-            // structural character.
-            _ if last_structural.is_some_and(|last| e.index() >= last) => {
-                "ends in the middle of a value (truncated line?)"
-            }
-            _ => "unexpected character",
+            _ => match root {
+                Some(cut) if at_end => return ExtractError::Truncated(cut),
+                _ => "unexpected character",
+            },
         };
         ExtractError::Invalid {
             reason,
             at: e.index(),
         }
     }
+
+    /// Resolves [`ExtractError::OpenStringOrControl`] by reading `line`, the bytes that
+    /// were parsed (the parser leaves them untouched when it reports that error): a line
+    /// that ends inside a string was cut; otherwise the first raw control character in a
+    /// string is named with its offset. [`ExtractError::InvalidUtf8`] for a line cut inside
+    /// a multi-byte character of a string becomes a cut too. Other errors are returned as
+    /// they are.
+    #[cold]
+    pub fn pinpoint(self, line: &[u8]) -> ExtractError {
+        // simd-json's SIMD first stages check quotes before UTF-8 and its scalar one (32-bit
+        // ARM) UTF-8 first: either error can stand for the other, or for both.
+        let said_utf8 = match self {
+            ExtractError::OpenStringOrControl => false,
+            ExtractError::InvalidUtf8 => true,
+            other => return other,
+        };
+        let cut_in_char = match std::str::from_utf8(line) {
+            Ok(_) => false,
+            // Incomplete at the very end: what a cut leaves.
+            Err(e) if e.error_len().is_none() => true,
+            Err(_) => return ExtractError::InvalidUtf8,
+        };
+        let (inside, control) = string_state(line);
+        let opens_json = matches!(
+            line.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[' | b'"')
+        );
+        if inside && opens_json {
+            return ExtractError::Truncated(Cut::InString);
+        }
+        match control {
+            Some(at) if !said_utf8 => ExtractError::Invalid {
+                reason: "unescaped control character in a string",
+                at,
+            },
+            _ if said_utf8 || cut_in_char => ExtractError::InvalidUtf8,
+            _ => ExtractError::Invalid {
+                reason: "unexpected character",
+                at: 0,
+            },
+        }
+    }
+}
+
+/// Whether `line` ends inside a string, and the offset of the first raw control character
+/// inside one. The rules of simd-json's first stage: a quote after an odd run of
+/// backslashes does not count, inside strings or out.
+fn string_state(line: &[u8]) -> (bool, Option<usize>) {
+    let (mut inside, mut escaped, mut control) = (false, false, None);
+    for (i, &b) in line.iter().enumerate() {
+        if inside && b < 0x20 && control.is_none() {
+            control = Some(i);
+        }
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            inside = !inside;
+        }
+    }
+    (inside, control)
 }
 
 /// What writing an event did.
@@ -178,6 +284,11 @@ impl Extractor {
     /// raw line is still needed). When `buf` has [`INPUT_PADDING`] bytes after the line, the
     /// parser reads them instead of copying the line; their content does not matter and is
     /// left unchanged.
+    ///
+    /// The error may be [`ExtractError::OpenStringOrControl`], which
+    /// [`ExtractError::pinpoint`] resolves from the line (still as it was then). It cannot be
+    /// resolved here: the returned event borrows `buf` for `'a` whether parsing succeeds or
+    /// not, so the line cannot be read again after the parse.
     pub fn parse<'a>(
         &'a mut self,
         buf: &'a mut [u8],
@@ -189,12 +300,16 @@ impl Extractor {
             roles,
             max_event_bytes,
         } = self;
-        // Only a document that opens an object or array can be cut off inside it (read now:
-        // the parse borrows the line).
-        let opened = buf[..len.min(buf.len())]
+        // Only a document that opens an object or array can be cut off between its members
+        // (read now: the parse borrows the line).
+        let root = match buf[..len.min(buf.len())]
             .iter()
             .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|b| matches!(b, b'{' | b'['));
+        {
+            Some(b'{') => Some(Cut::InObject),
+            Some(b'[') => Some(Cut::InArray),
+            _ => None,
+        };
         let mut tape: Tape<'a> = std::mem::replace(home, Tape(Vec::new())).reset();
         let padded = buf.len() >= len.saturating_add(INPUT_PADDING);
         let parsed = if padded {
@@ -213,7 +328,11 @@ impl Extractor {
                     .rev()
                     .map(|&i| i as usize)
                     .find(|&i| i < len);
-                return Err(ExtractError::from_simd(&e, last.filter(|_| opened)));
+                return Err(ExtractError::from_simd(
+                    &e,
+                    root,
+                    last.filter(|_| root.is_some()),
+                ));
             }
         };
         let kind = match root {
@@ -241,7 +360,8 @@ impl Extractor {
     }
 
     /// Appends the output for the line `buf[..len]` to `out` (no newline). On error `out` is
-    /// unchanged. `buf` is parsed in place, as in [`Extractor::parse`].
+    /// unchanged and the error [pinpointed](ExtractError::pinpoint). `buf` is parsed in
+    /// place, as in [`Extractor::parse`].
     pub fn extract(
         &mut self,
         buf: &mut [u8],
@@ -249,21 +369,23 @@ impl Extractor {
         format: Format,
         out: &mut Vec<u8>,
     ) -> Result<Written, ExtractError> {
-        match format {
+        let result = match format {
             Format::Raw => {
                 // Copy before parsing rewrites the line; validate, then keep the copy.
                 let start = out.len();
                 out.extend_from_slice(&buf[..len]);
-                match self.parse(buf, len) {
-                    Ok(_) => Ok(Written::default()),
-                    Err(e) => {
-                        out.truncate(start);
-                        Err(e)
-                    }
+                let result = self.parse(buf, len).map(|_| Written::default());
+                if result.is_err() {
+                    out.truncate(start);
                 }
+                result
             }
-            _ => Ok(self.parse(buf, len)?.write(format, out)),
-        }
+            _ => self
+                .parse(buf, len)
+                .map(|mut event| event.write(format, out)),
+        };
+        // The event (and its borrow of the line) is gone: the line can be read again.
+        result.map_err(|e| e.pinpoint(&buf[..len.min(buf.len())]))
     }
 }
 
