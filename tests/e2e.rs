@@ -770,11 +770,11 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     let logged_lines = text.lines().count();
-    eprintln!(
+    let summary = format!(
         "mutated: {n} lines ({} MB): spooled {} filtered {} rejected {} too long {}; \
          {} events delivered ({} intact all there), {unparsed} unparsed records, {gaps} gap \
-         records; RSS {} KiB after 10% of the lines, {rss} KiB at the end, peak {peak} KiB; \
-         {logged_lines} log lines",
+         records; RSS {} KiB after 10% of the lines, {rss} KiB at the end, peak {peak} KiB \
+         ({}); {logged_lines} log lines\n",
         m["kas_bytes_read_total"] / 1_000_000,
         m["kas_lines_spooled_total"],
         m["kas_events_filtered_total"],
@@ -783,7 +783,14 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
         delivered.len(),
         intact.len(),
         rss_early,
+        match &memory_is_own {
+            Ok(()) => "native: asserted".to_string(),
+            Err(why) => format!("not asserted: {why}"),
+        },
     );
+    // Straight to the process's stderr, past the test harness's capture: CI's log shows the
+    // memory figures of every run, native and emulated.
+    let _ = std::io::stderr().lock().write_all(summary.as_bytes());
     assert_eq!(m["kas_events_shipped_total"], delivered.len() as u64);
     assert_eq!(m["kas_lines_too_long_total"], too_long);
     assert_eq!(gaps, too_long);
@@ -794,15 +801,12 @@ fn mutated_lines_at_volume_are_all_accounted_for_in_bounded_memory() {
     // Bounded memory: no growth with the input beyond the buffers' high-water marks (a
     // generous bound; the measured peak is printed above). Asserted only where the figures
     // are the service's own (see `native_memory`); printed in any case.
-    match memory_is_own {
-        Ok(()) => {
-            assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
-            assert!(
-                rss < rss_early + 16 * 1024,
-                "RSS grew from {rss_early} to {rss} KiB"
-            );
-        }
-        Err(why) => eprintln!("mutated: memory bounds not asserted: {why}"),
+    if memory_is_own.is_ok() {
+        assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+        assert!(
+            rss < rss_early + 16 * 1024,
+            "RSS grew from {rss_early} to {rss} KiB"
+        );
     }
     // A bounded log.
     assert!(
