@@ -555,7 +555,7 @@ impl Pipeline {
         }
         let rules: Vec<String> = logfile.rules.iter().map(|r| r.name.clone()).collect();
         let m = Arc::new(FileMetrics::new(&logfile.filepath, &rules));
-        Ok(Pipeline {
+        let mut pipeline = Pipeline {
             name: logfile.filepath.clone(),
             tailer,
             stage: Stage {
@@ -582,7 +582,10 @@ impl Pipeline {
             },
             last_save: Instant::now(),
             last_reading: None,
-        })
+        };
+        // Health and the log know the input's state from the start, before /metrics serves.
+        pipeline.observe_input();
+        Ok(pipeline)
     }
 
     /// Reads what is there (up to a budget), seals what is due, stores, commits.
