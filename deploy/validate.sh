@@ -118,7 +118,7 @@ def check(ok, what):
     results.append((bool(ok), what))
     return bool(ok)
 
-# --- the shipper's config (keys as src/config.rs accepts them) ---
+# --- the shipper's config (keys as src/config/raw.rs accepts them) ---
 TOP = {"logfiles", "region", "intake_url", "state_dir", "spool_max_bytes", "batch_max_bytes",
        "batch_max_events", "batch_linger_secs", "gzip_level", "output", "start_at",
        "max_line_bytes", "request_timeout_secs", "ca_file", "client_cert", "client_key",

@@ -1,0 +1,342 @@
+//! Configuration: the YAML file given to `run` and `check` (DESIGN.md §8).
+//!
+//! The Sekoia agent's snippet works unchanged — `logfiles:` entries with `filepath` and
+//! `intakekey` — and every other key is optional with a safe default. Keys are flat, in the
+//! agent's style (`HTTPProxyURL`, `OptimizationRules` keep its spelling).
+//!
+//! Errors name the key, what is wrong and how to fix it, and the line and column where the
+//! YAML parser found the key: unknown keys and ill-typed values are refused by the YAML
+//! deserializer (which reports the position), every value with a range is checked inside
+//! its own `Deserialize`, so its error carries the position too, and a check that needs
+//! several values, a key file or the environment asks the parser where the key is
+//! (`locate`). The intake key is a secret: no error or `Debug` output contains it.
+
+mod error;
+mod locate;
+mod raw;
+mod values;
+
+pub use values::parse_bytes;
+
+use crate::batch::BatchLimits;
+use crate::extract::Format;
+use crate::filter::{Filter, Rule};
+use crate::intake::{IntakeConfig, region_url};
+use crate::tail::StartAt;
+use error::{ConfigError, Problem};
+use locate::{Step, key_name, refuse};
+use raw::{RawConfig, RawLogFile, RawRule};
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The intake refuses request bodies of 10 MiB or more (DESIGN.md §5).
+pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024 - 1;
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub logfiles: Vec<LogFile>,
+    /// Base URL of the intake.
+    pub intake_url: String,
+    pub state_dir: PathBuf,
+    /// Spool bytes for all log files together (each gets an equal share).
+    pub spool_max_bytes: u64,
+    pub batch: BatchLimits,
+    pub format: Format,
+    pub start_at: StartAt,
+    pub max_line_bytes: usize,
+    pub request_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub proxy: Option<String>,
+    /// `None`: metrics are off.
+    pub metrics_address: Option<SocketAddr>,
+    pub unhealthy_after: Duration,
+    /// Problems that do not stop the service (a world-readable key), for the caller to log.
+    pub warnings: Vec<String>,
+}
+
+/// One `logfiles:` entry.
+#[derive(Clone)]
+pub struct LogFile {
+    pub filepath: String,
+    pub key: String,
+    /// Where the key came from (for messages; never the key itself).
+    pub key_source: String,
+    /// The top-level rules, then this entry's own.
+    pub rules: Vec<Rule>,
+}
+
+impl fmt::Debug for LogFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogFile")
+            .field("filepath", &self.filepath)
+            .field("key", &"<redacted>")
+            .field("key_source", &self.key_source)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`. The error text is ready for the operator: file, line, key,
+    /// what is wrong and how to fix it.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let mut cfg = Config::parse(&text, path)?;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.mode() & 0o044 != 0 && cfg.logfiles.iter().any(|l| l.key_source == "intakekey") {
+            cfg.warnings.push(format!(
+                "{} holds an intake key and is readable by other users (mode {:o}); \
+                 run `chmod 600 {}`",
+                path.display(),
+                meta.mode() & 0o777,
+                path.display()
+            ));
+        }
+        for l in &cfg.logfiles {
+            if let Some(file) = l.key_source.strip_prefix("intakekey_file ")
+                && let Ok(m) = std::fs::metadata(file)
+                && m.mode() & 0o044 != 0
+            {
+                cfg.warnings.push(format!(
+                    "intake key file {file} is readable by other users (mode {:o}); \
+                     run `chmod 600 {file}`",
+                    m.mode() & 0o777
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Checks the YAML text of a configuration; `path` names it in messages and is the base
+    /// of relative key files.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        Config::check(text, path).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// `parse`, with its error as a value.
+    fn check(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig =
+            yaml_serde::from_str(text).map_err(|e| ConfigError::from_yaml(e, text))?;
+        let entries = std::mem::take(&mut raw.logfiles);
+        if entries.is_empty() {
+            return Err(refuse(text, &[Step::Key("logfiles")], Problem::NoLogfiles));
+        }
+        let intake_url = match (raw.intake_url.take(), raw.region.take()) {
+            (Some(_), Some(_)) => {
+                return Err(refuse(
+                    text,
+                    &[Step::Key("intake_url")],
+                    Problem::RegionAndUrl,
+                ));
+            }
+            (Some(url), None) => url.0,
+            (None, Some(region)) => region.0,
+            (None, None) => region_url("fra1").unwrap_or_default().to_string(),
+        };
+        let top_rules = rules(
+            raw.optimization_rules.take().unwrap_or_default(),
+            text,
+            &[Step::Key("OptimizationRules")],
+        )?;
+        let logfiles = logfiles(entries, &top_rules, text, path)?;
+        let (batch, spool_max_bytes) = batch_and_spool(&raw, logfiles.len(), text)?;
+        let client_cert = client_cert(raw.client_cert, raw.client_key, text)?;
+        Ok(Config {
+            source: path.to_owned(),
+            logfiles,
+            intake_url,
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/kube-audit-shipper")),
+            spool_max_bytes,
+            batch,
+            format: raw.output.map_or(Format::Audit, |o| o.0),
+            start_at: raw.start_at.map_or(StartAt::Beginning, |s| s.0),
+            max_line_bytes: raw
+                .max_line_bytes
+                .map_or(crate::lines::DEFAULT_MAX_LINE, |b| b.0 as usize),
+            request_timeout: raw
+                .request_timeout_secs
+                .map_or(Duration::from_secs(30), |s| s.0),
+            ca_file: raw.ca_file,
+            client_cert,
+            proxy: raw.http_proxy_url.map(|p| p.0),
+            metrics_address: match raw.metrics_address {
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 9880))),
+                Some(m) => m.0,
+            },
+            unhealthy_after: raw
+                .unhealthy_after_secs
+                .map_or(Duration::from_secs(900), |s| s.0),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The intake settings for one log file.
+    pub fn intake(&self, logfile: &LogFile) -> IntakeConfig {
+        IntakeConfig {
+            url: self.intake_url.clone(),
+            key: logfile.key.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            proxy: self.proxy.clone(),
+            timeout: self.request_timeout,
+            level: self.batch.level,
+        }
+    }
+
+    /// Spool bytes for each log file.
+    pub fn spool_share(&self) -> u64 {
+        self.spool_max_bytes / self.logfiles.len().max(1) as u64
+    }
+}
+
+/// The `logfiles` entries, each with its key and rules (the top-level ones first).
+fn logfiles(
+    entries: Vec<RawLogFile>,
+    top_rules: &[Rule],
+    text: &str,
+    path: &Path,
+) -> Result<Vec<LogFile>, ConfigError> {
+    let mut logfiles: Vec<LogFile> = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let (key, key_source) = entry.key(path, text, i)?;
+        let mut rules = top_rules.to_vec();
+        rules.extend(self::rules(
+            entry.optimization_rules.unwrap_or_default(),
+            text,
+            &[
+                Step::Key("logfiles"),
+                Step::Index(i),
+                Step::Key("OptimizationRules"),
+            ],
+        )?);
+        if let Some(first) = logfiles.iter().position(|l| l.filepath == entry.filepath) {
+            return Err(refuse(
+                text,
+                &[Step::Key("logfiles"), Step::Index(i), Step::Key("filepath")],
+                Problem::ListedTwice {
+                    filepath: entry.filepath,
+                    first,
+                },
+            ));
+        }
+        logfiles.push(LogFile {
+            filepath: entry.filepath,
+            key,
+            key_source,
+            rules,
+        });
+    }
+    Ok(logfiles)
+}
+
+/// The batch limits and the spool size. A batch must fit in one log file's share of the
+/// spool, or it could never be stored and reading would stop for good.
+fn batch_and_spool(
+    raw: &RawConfig,
+    logfiles: usize,
+    text: &str,
+) -> Result<(BatchLimits, u64), ConfigError> {
+    let mut batch = BatchLimits::default();
+    if let Some(b) = &raw.batch_max_bytes {
+        batch.max_bytes = b.0 as usize;
+    }
+    if let Some(n) = &raw.batch_max_events {
+        batch.max_events = n.0;
+    }
+    if let Some(s) = &raw.batch_linger_secs {
+        batch.linger = s.0;
+    }
+    if let Some(l) = &raw.gzip_level {
+        batch.level = l.0;
+    }
+    let spool = raw
+        .spool_max_bytes
+        .as_ref()
+        .map_or(256 * 1024 * 1024, |b| b.0);
+    let share = spool / logfiles.max(1) as u64;
+    let need = 4 * batch.max_bytes as u64;
+    if share >= need {
+        return Ok((batch, spool));
+    }
+    // Point at what the operator wrote: the spool size, else the batch size, else the list.
+    let key = if raw.spool_max_bytes.is_some() {
+        "spool_max_bytes"
+    } else if raw.batch_max_bytes.is_some() {
+        "batch_max_bytes"
+    } else {
+        "logfiles"
+    };
+    Err(refuse(
+        text,
+        &[Step::Key(key)],
+        Problem::SpoolTooSmall {
+            spool,
+            logfiles,
+            share,
+            need,
+        },
+    ))
+}
+
+/// The certificate and key for mutual TLS: both or neither.
+fn client_cert(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    text: &str,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(refuse(
+            text,
+            &[Step::Key("client_cert")],
+            Problem::NoClientKey,
+        )),
+        (None, Some(_)) => Err(refuse(
+            text,
+            &[Step::Key("client_key")],
+            Problem::NoClientCert,
+        )),
+    }
+}
+
+/// The rules of one `OptimizationRules` list, found at `at`; a rule without a name is named
+/// after its place.
+fn rules(raw: Vec<RawRule>, text: &str, at: &[Step]) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let mut filters = Vec::with_capacity(r.filters.len());
+        for (j, f) in r.filters.into_iter().enumerate() {
+            let mut here = at.to_vec();
+            here.extend([Step::Index(i), Step::Key("filters"), Step::Index(j)]);
+            let (op, name) = f.operator.0;
+            let value = match (f.value, op.needs_value()) {
+                (Some(v), true) => v.0,
+                (None, false) => String::new(),
+                (None, true) => return Err(refuse(text, &here, Problem::NeedsValue(name))),
+                (Some(_), false) => {
+                    here.push(Step::Key("value"));
+                    return Err(refuse(text, &here, Problem::TakesNoValue(name)));
+                }
+            };
+            filters.push(Filter::new(f.field.0, op, value));
+        }
+        rules.push(Rule {
+            name: r.name.unwrap_or_else(|| format!("{}[{i}]", key_name(at))),
+            filters,
+        });
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests;

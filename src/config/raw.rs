@@ -1,0 +1,136 @@
+//! The configuration as written: the keys the YAML file may hold, each value checked when read.
+
+use super::error::{ConfigError, Problem};
+use super::locate::{Step, refuse};
+use super::values::{
+    Action, BatchBytes, Bytes, FieldName, KeyText, Level, LineBytes, MaxEvents, MetricsAddress,
+    OpName, Output, Proxy, Region, Scalar, Secs, Start, Url, key_fault,
+};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)] // missing or empty: the same explanation
+    pub(super) logfiles: Vec<RawLogFile>,
+    pub(super) region: Option<Region>,
+    pub(super) intake_url: Option<Url>,
+    pub(super) state_dir: Option<PathBuf>,
+    pub(super) spool_max_bytes: Option<Bytes>,
+    pub(super) batch_max_bytes: Option<BatchBytes>,
+    pub(super) batch_max_events: Option<MaxEvents>,
+    pub(super) batch_linger_secs: Option<Secs>,
+    pub(super) gzip_level: Option<Level>,
+    pub(super) output: Option<Output>,
+    pub(super) start_at: Option<Start>,
+    pub(super) max_line_bytes: Option<LineBytes>,
+    pub(super) request_timeout_secs: Option<Secs>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
+    #[serde(rename = "HTTPProxyURL")]
+    pub(super) http_proxy_url: Option<Proxy>,
+    pub(super) metrics_address: Option<MetricsAddress>,
+    pub(super) unhealthy_after_secs: Option<Secs>,
+    #[serde(rename = "OptimizationRules")]
+    pub(super) optimization_rules: Option<Vec<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogFile {
+    pub(super) filepath: String,
+    intakekey: Option<KeyText>,
+    intakekey_file: Option<PathBuf>,
+    intakekey_env: Option<String>,
+    #[serde(rename = "OptimizationRules")]
+    pub(super) optimization_rules: Option<Vec<RawRule>>,
+}
+
+impl RawLogFile {
+    /// The key and where it came from; this is entry `i` of `text` (for the errors' places).
+    pub(super) fn key(
+        &self,
+        config: &Path,
+        text: &str,
+        i: usize,
+    ) -> Result<(String, String), ConfigError> {
+        let at = |key: &'static str, problem| {
+            refuse(
+                text,
+                &[Step::Key("logfiles"), Step::Index(i), Step::Key(key)],
+                problem,
+            )
+        };
+        let given: Vec<&'static str> = [
+            ("intakekey", self.intakekey.is_some()),
+            ("intakekey_file", self.intakekey_file.is_some()),
+            ("intakekey_env", self.intakekey_env.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, g)| g.then_some(k))
+        .collect();
+        if let [_, second, ..] = given[..] {
+            return Err(at(second, Problem::SeveralKeys));
+        }
+        if let Some(k) = &self.intakekey {
+            // Checked when read (`KeyText`).
+            return Ok((k.0.clone(), "intakekey".to_string()));
+        }
+        let (key, from, source) = if let Some(file) = &self.intakekey_file {
+            let file = config
+                .parent()
+                .map_or_else(|| file.clone(), |dir| dir.join(file));
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                let error = e.to_string();
+                at(
+                    "intakekey_file",
+                    Problem::KeyFile {
+                        file: file.clone(),
+                        error,
+                    },
+                )
+            })?;
+            let source = format!("intakekey_file {}", file.display());
+            (text, file.display().to_string(), ("intakekey_file", source))
+        } else if let Some(var) = &self.intakekey_env {
+            let key = std::env::var(var)
+                .map_err(|_| at("intakekey_env", Problem::EnvUnset { var: var.clone() }))?;
+            let source = format!("intakekey_env {var}");
+            (key, format!("${var}"), ("intakekey_env", source))
+        } else {
+            return Err(refuse(
+                text,
+                &[Step::Key("logfiles"), Step::Index(i)],
+                Problem::NoIntakeKey {
+                    filepath: self.filepath.clone(),
+                },
+            ));
+        };
+        let key = key.trim().to_string();
+        match key_fault(&key) {
+            Some(fault) => Err(at(source.0, Problem::BadKey { from, fault })),
+            None => Ok((key, source.1)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) name: Option<String>,
+    #[allow(dead_code)] // checked when read: only 1 exists
+    action: Action,
+    pub(super) filters: Vec<RawFilter>,
+}
+
+/// A filter as written. The field and the operator are checked when read; whether the
+/// operator takes a value is checked after (it needs both keys).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFilter {
+    pub(super) field: FieldName,
+    pub(super) operator: OpName,
+    pub(super) value: Option<Scalar>,
+}

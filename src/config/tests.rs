@@ -1,0 +1,401 @@
+//! Tests of the whole parse: YAML text in, a `Config` or the operator's message out.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("/etc/kas/config.yaml"))
+}
+
+#[test]
+fn the_seed_snippet_works_with_a_real_key() {
+    let cfg = parse(
+        "logfiles:\n    - filepath: /var/log/kubernetes/apiserver/audit.log  # Path to the file to watch\n      intakekey: 0a1b2c3d-key  # Intake key to use to send the events\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.logfiles.len(), 1);
+    assert_eq!(cfg.logfiles[0].key, "0a1b2c3d-key");
+    assert_eq!(cfg.intake_url, "https://intake.sekoia.io");
+    assert_eq!(cfg.spool_max_bytes, 256 << 20);
+    assert_eq!(
+        cfg.metrics_address,
+        Some(SocketAddr::from(([127, 0, 0, 1], 9880)))
+    );
+    assert!(!format!("{cfg:?}").contains("0a1b2c3d-key"));
+}
+
+#[test]
+fn a_key_that_yaml_reads_as_another_scalar_is_refused_without_echoing_it() {
+    // Found by fuzz/fuzz_targets/config.rs: serde's own message quoted the float.
+    for value in ["12345.678", "1234567890123", "true", "1e300", "-42"] {
+        let e = parse(&format!(
+            "logfiles:\n  - filepath: /x/audit.log\n    intakekey: {value}\n"
+        ))
+        .unwrap_err();
+        assert!(!e.contains(value), "{value}: {e}");
+        assert!(e.contains("quote the key"), "{value}: {e}");
+    }
+}
+
+#[test]
+fn the_seed_placeholder_gets_a_helpful_error() {
+    let e =
+        parse("logfiles:\n  - filepath: /x/audit.log\n    intakekey: {intake key}\n").unwrap_err();
+    assert!(e.contains("placeholder"), "{e}");
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_key_and_line() {
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\nspool_max: 1\n").unwrap_err();
+    assert!(e.contains("spool_max") && e.contains("line 4"), "{e}");
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\n\ngzip_level: 12\n").unwrap_err();
+    assert!(
+        e.contains("gzip_level") && e.contains("got 12") && e.contains("line 5"),
+        "{e}"
+    );
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\nregion: mars1\n").unwrap_err();
+    assert!(e.contains("mars1") && e.contains("line 4"), "{e}");
+    let e = parse(
+        "logfiles:\n  - filepath: /x\n    intakekey: k\nOptimizationRules:\n  - action: 1\n    filters:\n      - {field: user.nam, operator: \"==\", value: x}\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("user.nam") && e.contains("line 7"), "{e}");
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\nspool_max_bytes: 1MiB\n")
+        .unwrap_err();
+    assert!(e.contains("spool_max_bytes") && e.contains("line 4"), "{e}");
+}
+
+#[test]
+fn options_and_rules() {
+    let cfg = parse(
+        r#"
+logfiles:
+  - filepath: /var/lib/rancher/k3s/server/logs/audit.log
+    intakekey: "k1"
+    OptimizationRules:
+      - action: 1
+        filters:
+          - field: http.response.status_code
+            operator: "<"
+            value: 300
+  - filepath: /other/audit*.log
+    intakekey: k2
+region: usa1
+spool_max_bytes: 64MiB
+batch_max_bytes: 512KiB
+batch_linger_secs: 0.5
+output: ecs
+start_at: end
+metrics_address: "off"
+HTTPProxyURL: http://proxy:3128
+OptimizationRules:
+  - name: kube-proxy reads
+    action: 1
+    filters:
+      - field: user.name
+        operator: "=="
+        value: system:kube-proxy
+      - field: event.action
+        operator: "not contains"
+        value: delete
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.intake_url,
+        "https://intake.usa1.sekoia.io/api/v1/intake-http"
+    );
+    assert_eq!(cfg.batch.max_bytes, 512 * 1024);
+    assert_eq!(cfg.batch.linger, Duration::from_millis(500));
+    assert_eq!(cfg.format, Format::Ecs);
+    assert_eq!(cfg.start_at, StartAt::End);
+    assert_eq!(cfg.metrics_address, None);
+    assert_eq!(cfg.proxy.as_deref(), Some("http://proxy:3128"));
+    assert_eq!(cfg.spool_share(), 32 << 20);
+    assert_eq!(cfg.logfiles[0].rules.len(), 2);
+    assert_eq!(cfg.logfiles[0].rules[0].name, "kube-proxy reads");
+    assert_eq!(
+        cfg.logfiles[0].rules[1].name,
+        "logfiles[0].OptimizationRules[0]"
+    );
+    assert_eq!(cfg.logfiles[1].rules.len(), 1);
+}
+
+#[test]
+fn keys_from_a_file_or_the_environment() {
+    let dir = std::env::temp_dir().join(format!("kas-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), "file-key\n").unwrap();
+    let path = dir.join("config.yaml");
+    let cfg = Config::parse(
+        "logfiles:\n  - filepath: /x\n    intakekey_file: key\n",
+        &path,
+    )
+    .unwrap();
+    assert_eq!(cfg.logfiles[0].key, "file-key");
+    let e = Config::parse(
+        "logfiles:\n  - filepath: /x\n    intakekey_env: KAS_TEST_UNSET_VARIABLE\n",
+        &path,
+    )
+    .unwrap_err();
+    assert!(e.contains("KAS_TEST_UNSET_VARIABLE is not set"), "{e}");
+    let e = Config::parse(
+        "logfiles:\n  - filepath: /x\n    intakekey: a\n    intakekey_file: key\n",
+        &path,
+    )
+    .unwrap_err();
+    assert!(e.contains("not several"), "{e}");
+    let e = Config::parse("logfiles:\n  - filepath: /x\n", &path).unwrap_err();
+    assert!(e.contains("no intake key"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const AT: &str = "config /etc/kas/config.yaml: ";
+
+#[test]
+fn a_quoted_placeholder_gets_the_same_explanation_as_the_unquoted_one() {
+    let explanation = "not a key: `{intake key}` is the placeholder of Sekoia's page; \
+                       replace it with your intake key (quoted if it starts with a special \
+                       character) at line 3 column 16";
+    for quoted in ["\"{intake key}\"", "'{intake key}'"] {
+        let e = parse(&format!(
+            "logfiles:\n  - filepath: /x/audit.log\n    intakekey: {quoted}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            format!("{AT}logfiles[0].intakekey: intakekey is {explanation}")
+        );
+    }
+    let e =
+        parse("logfiles:\n  - filepath: /x/audit.log\n    intakekey: {intake key}\n").unwrap_err();
+    assert_eq!(
+        e,
+        format!("{AT}logfiles[0].intakekey: intakekey is a YAML mapping, {explanation}")
+    );
+}
+
+#[test]
+fn a_misspelled_key_has_its_line_and_column() {
+    // The first key: yaml_serde's own message leaves out "line 1 column 1".
+    let e = parse("logfile:\n  - filepath: /x\n    intakekey: k\n").unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "{AT}logfile: unknown key, did you mean `logfiles`? (the keys here are \
+             `logfiles`, `region`, `intake_url`, "
+        )),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("`OptimizationRules`) at line 1 column 1"),
+        "{e}"
+    );
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\n\nregoin: fra1\n").unwrap_err();
+    assert!(
+        e.starts_with(&format!("{AT}regoin: unknown key, did you mean `region`? ")),
+        "{e}"
+    );
+    assert!(e.ends_with(") at line 5 column 1"), "{e}");
+    // Nothing close: no suggestion.
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\n    color: red\n").unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}logfiles[0].color: unknown key (the keys here are `filepath`, \
+             `intakekey`, `intakekey_file`, `intakekey_env`, `OptimizationRules`) at line 4 \
+             column 5"
+        )
+    );
+}
+
+#[test]
+fn errors_in_the_second_logfiles_entry_are_at_its_lines() {
+    let two = |second: &str| {
+        parse(&format!(
+            "logfiles:\n  - filepath: /x\n    intakekey: k1\n  - filepath: {second}\n"
+        ))
+        .unwrap_err()
+    };
+    assert_eq!(
+        two("/y\n    intakeky: k2"),
+        format!(
+            "{AT}logfiles[1].intakeky: unknown key, did you mean `intakekey`? (the keys \
+             here are `filepath`, `intakekey`, `intakekey_file`, `intakekey_env`, \
+             `OptimizationRules`) at line 5 column 5"
+        )
+    );
+    assert_eq!(
+        two("/y"),
+        format!(
+            "{AT}logfiles[1]: /y: no intake key; add `intakekey: <key>` (or \
+             `intakekey_file: PATH`, or `intakekey_env: VARIABLE`) at line 4 column 5"
+        )
+    );
+    assert_eq!(
+        two("/x\n    intakekey: k2"),
+        format!(
+            "{AT}logfiles[1].filepath: \"/x\" is listed twice (also logfiles[0]); give \
+             each file once at line 4 column 5"
+        )
+    );
+    assert_eq!(
+        two("/y\n    intakekey_env: KAS_TEST_UNSET_VARIABLE"),
+        format!(
+            "{AT}logfiles[1].intakekey_env: the environment variable \
+             KAS_TEST_UNSET_VARIABLE is not set at line 5 column 5"
+        )
+    );
+    assert_eq!(
+        two("/y\n    intakekey: k2\n    intakekey_file: key"),
+        format!(
+            "{AT}logfiles[1].intakekey_file: give one of intakekey, intakekey_file, \
+             intakekey_env, not several at line 6 column 5"
+        )
+    );
+    assert_eq!(
+        two("/y\n    intakekey: k2\n    OptimizationRules: []\n    intakekey: k3"),
+        format!("{AT}logfiles[1].intakekey: given twice; keep one at line 7 column 5")
+    );
+    assert_eq!(
+        two("/y\n    intakekey: \" k2\""),
+        format!(
+            "{AT}logfiles[1].intakekey: intakekey holds spaces or characters that cannot \
+             go in an HTTP header; copy the intake key again from Sekoia's intake page at \
+             line 5 column 16"
+        )
+    );
+}
+
+#[test]
+fn a_bad_value_in_a_rule_of_the_second_entry_is_at_its_line() {
+    let rule = |filter: &str| {
+        format!("      - action: 1\n        filters:\n          - field: user.name\n{filter}")
+    };
+    let good = rule("            operator: \"==\"\n            value: a\n");
+    let two = |filter: &str| {
+        parse(&format!(
+            "logfiles:\n  - filepath: /x\n    intakekey: k\n    OptimizationRules:\n{good}  \
+             - filepath: /y\n    intakekey: k\n    OptimizationRules:\n{}",
+            rule(filter)
+        ))
+        .unwrap_err()
+    };
+    // Line 16 is the second entry's operator; line 8 the first's.
+    let e = two("            operator: \"=~\"\n            value: a\n");
+    assert!(
+        e.starts_with(&format!(
+            "{AT}logfiles[1].OptimizationRules[0].filters[0].operator: operator \"=~\" is \
+             unknown; known: ==, !=, "
+        )),
+        "{e}"
+    );
+    assert!(e.ends_with(" at line 16 column 23"), "{e}");
+    assert_eq!(
+        two("            operator: exists\n            value: a\n"),
+        format!(
+            "{AT}logfiles[1].OptimizationRules[0].filters[0].value: operator \"exists\" \
+             takes no `value`; remove it at line 17 column 13"
+        )
+    );
+    assert_eq!(
+        two("            operator: \"==\"\n"),
+        format!(
+            "{AT}logfiles[1].OptimizationRules[0].filters[0]: operator \"==\" needs a \
+             `value` at line 15 column 13"
+        )
+    );
+}
+
+#[test]
+fn checks_of_several_keys_are_where_the_parser_finds_the_key() {
+    // The comment mentions `intake_url` first: a text search found line 1.
+    let e = parse(
+        "# intake_url: set region or intake_url, not both\nregion: fra1\nlogfiles:\n  - \
+         filepath: /x\n    intakekey: k\nintake_url: https://intake.example\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}intake_url: give either `intake_url` or `region`, not both at line 6 \
+             column 1"
+        )
+    );
+    let e =
+        parse("logfiles:\n  - filepath: /x\n    intakekey: k\nclient_key: /k.pem\n").unwrap_err();
+    assert_eq!(
+        e,
+        format!("{AT}client_key: needs `client_cert` too at line 4 column 1")
+    );
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\nbatch_max_bytes: 20MiB\n")
+        .unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}batch_max_bytes: 20971520 bytes: expected 1 KiB to 10 MiB (the intake's \
+             request limit) at line 4 column 18"
+        )
+    );
+    let e = parse(
+        "spool_max_bytes: 6MiB\nlogfiles:\n  - filepath: /x\n    intakekey: k\n  - \
+         filepath: /y\n    intakekey: k\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}spool_max_bytes: a spool of 6291456 bytes for 2 log file(s) leaves \
+             3145728 each; each needs at least 4 × batch_max_bytes = 4194304: raise \
+             spool_max_bytes or lower batch_max_bytes at line 1 column 1"
+        )
+    );
+    let e = parse("region: fra1\nlogfiles:\n  - filepath: /x\n    intakekey: k\nregion: usa1\n")
+        .unwrap_err();
+    assert_eq!(
+        e,
+        format!("{AT}region: given twice; keep one at line 5 column 1")
+    );
+    let e = parse("logfiles: []\n").unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}logfiles: at least one entry is needed (`- filepath: ...` with \
+             `intakekey: ...`) at line 1 column 1"
+        )
+    );
+}
+
+#[test]
+fn a_key_file_that_holds_no_key_is_named_and_not_echoed() {
+    let dir = std::env::temp_dir().join(format!("kas-config-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    let text = "logfiles:\n  - filepath: /x\n    intakekey: k\n  - filepath: /y\n    \
+                intakekey_file: key\n";
+    let at = format!("config {}: logfiles[1].intakekey_file: ", path.display());
+    let line = " at line 5 column 5";
+    let key = dir.join("key");
+    std::fs::write(&key, "{intake key}\n").unwrap();
+    let e = Config::parse(text, &path).unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{at}the key in {} is not a key: `{{intake key}}` is the placeholder of \
+             Sekoia's page; replace it with your intake key (quoted if it starts with a \
+             special character){line}",
+            key.display()
+        )
+    );
+    std::fs::write(&key, "secret with spaces\n").unwrap();
+    let e = Config::parse(text, &path).unwrap_err();
+    assert!(!e.contains("secret"), "{e}");
+    assert!(e.starts_with(&at) && e.ends_with(line), "{e}");
+    std::fs::remove_file(&key).unwrap();
+    let e = Config::parse(text, &path).unwrap_err();
+    assert!(
+        e.starts_with(&format!("{at}cannot read {}: ", key.display())),
+        "{e}"
+    );
+    assert!(e.ends_with(line), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
