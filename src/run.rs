@@ -25,7 +25,7 @@ use crate::intake::{Sender, Step};
 use crate::metrics::{FileMetrics, INPUT_GRACE, InputState, Metrics, now_micros};
 use crate::records::{self, Loss};
 use crate::spool::{Class, Segment, Spool, Stored, classify};
-use crate::tail::access::Reading;
+use crate::tail::access::{AUDIT_LOG_OFF, Reading};
 use crate::tail::{Position, TailConfig, TailEvent, Tailer};
 use crate::timestamp::parse_micros;
 use std::collections::VecDeque;
@@ -720,15 +720,13 @@ impl Pipeline {
 /// The operator's explanation of a `filepath` that cannot be read or matches nothing (for
 /// the log and `/healthz`).
 fn describe_input(pattern: &str, reading: &Reading) -> String {
-    const AUDIT_ON: &str = "is audit logging on (kube-apiserver --audit-log-path, k3s \
-                            --kube-apiserver-arg=audit-log-path=...)?";
     match reading {
         Reading::Following => String::new(),
         Reading::Blocked(u) => format!("{u}; {}", u.hint()),
         Reading::NoMatch { missing: Some(dir) } => {
-            format!("{} does not exist; {AUDIT_ON}", dir.display())
+            format!("{} does not exist; {AUDIT_LOG_OFF}", dir.display())
         }
-        Reading::NoMatch { missing: None } => format!("no file matches {pattern}; {AUDIT_ON}"),
+        Reading::NoMatch { missing: None } => format!("no file matches {pattern}; {AUDIT_LOG_OFF}"),
     }
 }
 

@@ -144,6 +144,24 @@ fn shipper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kube-audit-shipper"))
 }
 
+/// `extract ARGS` with `input` on stdin (written from a thread: the output pipes must be
+/// drained meanwhile).
+fn extract_stdin(args: &[&str], input: Vec<u8>) -> std::process::Output {
+    let mut child = shipper()
+        .arg("extract")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let run = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    run
+}
+
 #[test]
 fn extract_command_keeps_good_lines_in_order_and_names_bad_ones() {
     let dir = std::env::temp_dir().join(format!("kas-extract-{}", std::process::id()));
@@ -248,17 +266,7 @@ fn extract_command_keeps_good_lines_in_order_and_names_bad_ones() {
 fn extract_command_reads_stdin_and_keeps_raw_lines_verbatim() {
     let samples = corpus::samples();
     let input = samples[..50].join("\n") + "\n";
-    let mut child = shipper()
-        .args(["extract", "--format", "raw", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let run = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let run = extract_stdin(&["--format", "raw", "-"], input.into_bytes());
     assert!(run.status.success());
     assert_eq!(
         String::from_utf8(run.stdout).unwrap(),
@@ -330,17 +338,7 @@ fn extract_command_reads_gzip_told_by_content_with_every_member() {
     }
 
     // Through stdin too.
-    let mut child = shipper()
-        .args(["extract", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&both));
-    let run = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let run = extract_stdin(&["-"], both);
     assert_eq!(run.status.code(), Some(0), "{run:?}");
     assert_eq!(run.stdout, want.stdout);
     std::fs::remove_dir_all(&dir).unwrap();

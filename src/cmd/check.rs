@@ -167,9 +167,7 @@ fn lock_is_held(dir: &Path) -> bool {
 /// What the pattern matches now, and why nothing when nothing: the directory and the errno
 /// that hide the files (the same diagnosis `run` logs and `/healthz` reports).
 fn check_files(pattern: &str, problems: &mut Vec<String>) {
-    use crate::tail::access::{DirProblem, Unreadable, diagnose_dir, literal_dir};
-    const AUDIT_ON: &str = "is audit logging on (kube-apiserver --audit-log-path, k3s \
-                            --kube-apiserver-arg=audit-log-path=...)?";
+    use crate::tail::access::{AUDIT_LOG_OFF, DirProblem, Unreadable, diagnose_dir, literal_dir};
     let paths = match glob::glob(pattern) {
         Ok(paths) => paths,
         Err(e) => {
@@ -205,10 +203,10 @@ fn check_files(pattern: &str, problems: &mut Vec<String>) {
             format!("filepath {pattern}: nothing can be read: {u}; {}", u.hint())
         }
         Some(DirProblem::Missing(p)) => format!(
-            "filepath {pattern}: no file matches now: {} does not exist; {AUDIT_ON}",
+            "filepath {pattern}: no file matches now: {} does not exist; {AUDIT_LOG_OFF}",
             p.display()
         ),
-        None => format!("filepath {pattern}: no file matches now; {AUDIT_ON}"),
+        None => format!("filepath {pattern}: no file matches now; {AUDIT_LOG_OFF}"),
     });
 }
 

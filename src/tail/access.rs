@@ -8,6 +8,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// The likely cause of a `filepath` that matches nothing, for the operator.
+pub const AUDIT_LOG_OFF: &str = "is audit logging on (kube-apiserver --audit-log-path, k3s \
+                                 --kube-apiserver-arg=audit-log-path=...)?";
+
 /// A path that could not be listed, looked up or opened, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreadable {
