@@ -10,6 +10,8 @@
 //! - [`lines`]: splits a byte stream into lines in bounded memory, padded for in-place parsing.
 //! - [`extract`]: parses a line with simd-json and writes the `audit`, `ecs` or `raw` form.
 //! - [`batch`]: events → gzip batches within the intake's limits, one event time each.
+//! - [`commit`]: how far into each file progress may be recorded: never past a line that is
+//!   not durable yet.
 //! - [`spool`]: the durable, byte-capped queue of batches; critical before bulk.
 //! - [`intake`]: posts spooled batches to the SEKOIA.IO intake over HTTPS (ureq + rustls).
 //! - [`timestamp`]: the API server's RFC 3339 times, for batching by event time.
@@ -19,6 +21,7 @@
 
 pub mod batch;
 pub mod cmd;
+pub mod commit;
 pub mod config;
 pub mod durable;
 pub mod extract;

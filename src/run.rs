@@ -18,6 +18,7 @@
 //! be in the middle of a request; its segment stays in the spool and is sent again next time.
 
 use crate::batch::{Batcher, Sealed};
+use crate::commit::{BatchMarks, Commits};
 use crate::config::{Config, LogFile};
 use crate::extract::{Extractor, Format};
 use crate::filter::{self, Rule};
@@ -135,22 +136,6 @@ impl Problem {
     }
 }
 
-/// Per file: the start of its first line in a batch (or the end of its last line read).
-type Marks = Vec<(u64, u64)>;
-
-fn mark_first(marks: &mut Marks, serial: u64, offset: u64) {
-    if !marks.iter().any(|(s, _)| *s == serial) {
-        marks.push((serial, offset));
-    }
-}
-
-fn mark_last(marks: &mut Marks, serial: u64, end: u64) {
-    match marks.iter_mut().find(|(s, _)| *s == serial) {
-        Some(m) => m.1 = m.1.max(end),
-        None => marks.push((serial, end)),
-    }
-}
-
 fn slot(class: Class) -> usize {
     match class {
         Class::Critical => 0,
@@ -161,7 +146,7 @@ fn slot(class: Class) -> usize {
 /// A sealed batch on its way to the spool.
 struct Pending {
     sealed: Sealed,
-    marks: Marks,
+    marks: BatchMarks,
     /// Audit lines in it (the rest are records).
     lines: u64,
 }
@@ -178,9 +163,8 @@ struct Stage {
     host: String,
     out: Vec<u8>,
     raw: Vec<u8>,
-    open_marks: [Marks; 2],
+    commits: Commits,
     open_lines: [u64; 2],
-    read_upto: Marks,
     backlog: VecDeque<Pending>,
     evicted: Vec<Segment>,
     /// Something was spooled since the last save.
@@ -288,7 +272,7 @@ impl Stage {
                 if let Some(i) = filter::ignored_by(&self.rules, &event) {
                     self.m.events_filtered.inc();
                     self.m.rule_hits[i].1.inc();
-                    mark_last(&mut self.read_upto, pos.serial, pos.end);
+                    self.commits.settled(pos.serial, pos.end);
                     self.moved = true;
                     return;
                 }
@@ -365,8 +349,7 @@ impl Stage {
             Err(e) => log::error!("batching failed: {e}"),
         }
         if let Some((serial, start, end)) = mark {
-            mark_first(&mut self.open_marks[k], serial, start);
-            mark_last(&mut self.read_upto, serial, end);
+            self.commits.batched(k, serial, start, end);
         }
         if is_event {
             self.open_lines[k] += 1;
@@ -375,7 +358,7 @@ impl Stage {
 
     /// A batch of slot `k` was sealed: hand it to the spool with its marks.
     fn seal(&mut self, k: usize, sealed: Sealed) {
-        let marks = std::mem::take(&mut self.open_marks[k]);
+        let marks = self.commits.seal(k);
         let lines = std::mem::take(&mut self.open_lines[k]);
         self.backlog.push_back(Pending {
             sealed,
@@ -480,36 +463,9 @@ impl Stage {
         }
     }
 
-    /// Where each file may be committed: before its oldest waiting line, else after its
-    /// last line read.
+    /// Where each file may be committed now (see [`crate::commit`]).
     fn commit_points(&mut self) -> Vec<Position> {
-        let waiting = self
-            .open_marks
-            .iter()
-            .flatten()
-            .chain(self.backlog.iter().flat_map(|p| p.marks.iter()));
-        let mut first: Marks = Vec::new();
-        for &(serial, start) in waiting {
-            match first.iter_mut().find(|(s, _)| *s == serial) {
-                Some(f) => f.1 = f.1.min(start),
-                None => first.push((serial, start)),
-            }
-        }
-        let points = self
-            .read_upto
-            .iter()
-            .map(|&(serial, end)| Position {
-                serial,
-                end: first
-                    .iter()
-                    .find(|(s, _)| *s == serial)
-                    .map_or(end, |f| f.1),
-            })
-            .collect();
-        // Files with nothing waiting are fully committed now.
-        self.read_upto
-            .retain(|(serial, _)| first.iter().any(|(s, _)| s == serial));
-        points
+        self.commits.points(self.backlog.iter().map(|p| &p.marks))
     }
 }
 
@@ -568,9 +524,8 @@ impl Pipeline {
                 host: host.to_string(),
                 out: Vec::new(),
                 raw: Vec::new(),
-                open_marks: [Vec::new(), Vec::new()],
+                commits: Commits::default(),
                 open_lines: [0, 0],
-                read_upto: Vec::new(),
                 backlog: VecDeque::new(),
                 evicted: Vec::new(),
                 stored: false,
