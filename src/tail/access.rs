@@ -53,6 +53,9 @@ impl std::fmt::Display for Unreadable {
 pub struct Access {
     /// Files open (the current one and rotated ones still being read).
     pub following: usize,
+    /// Files the last listing found under the followed name (the current name, not rotated
+    /// ones): one may be there and not followed, read to its end and known.
+    pub matched: usize,
     /// Directories or files the listing or an open could not read. A file that vanished
     /// between the listing and the open (a rotation) is not one.
     pub unreadable: Vec<Unreadable>,
@@ -63,7 +66,7 @@ pub struct Access {
 /// The verdict health and the log work from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reading {
-    /// Some file of the pattern is followed.
+    /// Some file of the pattern is followed, or is there and already read.
     Following,
     /// Nothing matches and nothing failed: audit logging is off, or its directory does not
     /// exist yet (the first missing directory, if any).
@@ -78,6 +81,8 @@ impl Access {
             Reading::Following
         } else if let Some(u) = self.unreadable.first() {
             Reading::Blocked(u.clone())
+        } else if self.matched > 0 {
+            Reading::Following
         } else {
             Reading::NoMatch {
                 missing: self.missing.first().cloned(),
@@ -184,9 +189,11 @@ mod tests {
         );
         let mut a = Access {
             following: 0,
+            matched: 1,
             unreadable: vec![u.clone()],
             missing: vec![PathBuf::from("/x")],
         };
+        // Listed but not openable: blocked.
         assert_eq!(a.reading(), Reading::Blocked(u.clone()));
         assert!(u.to_string().contains("Permission denied"), "{u}");
         assert!(u.hint().contains("root"));
@@ -194,6 +201,9 @@ mod tests {
         assert_eq!(a.reading(), Reading::Following);
         a.following = 0;
         a.unreadable.clear();
+        // There, read to its end and not followed: not "no match".
+        assert_eq!(a.reading(), Reading::Following);
+        a.matched = 0;
         assert_eq!(
             a.reading(),
             Reading::NoMatch {

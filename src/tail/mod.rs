@@ -540,6 +540,9 @@ impl Tailer {
                 }
             }
         }
+        if with_rotated {
+            self.access.matched = found.iter().filter(|c| c.current).count();
+        }
         found
     }
 
