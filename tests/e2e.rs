@@ -1522,6 +1522,19 @@ fn permission_rig(name: &str) -> (PathBuf, Rig) {
     (dir, r)
 }
 
+/// The service logs a lasting problem once, then at most every 30 s (it used to be every
+/// scan, once a second): a slow machine may see the next line, never a flood.
+fn assert_logged_once_per_period(log: &Path, needle: &str, since: Instant) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let n = text.lines().filter(|l| l.contains(needle)).count() as u64;
+    let most = 1 + since.elapsed().as_secs() / 30;
+    assert!(
+        (1..=most).contains(&n),
+        "{n} lines with {needle:?} in {:?} (expected 1 to {most}):\n{text}",
+        since.elapsed()
+    );
+}
+
 fn count_lines(log: &Path, needle: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -1571,6 +1584,7 @@ fn an_unreadable_audit_directory_or_file_is_named_logged_sparingly_and_fails_hea
     // run: named in the log once (not every second), health fails after the grace,
     // liveness does not (a restart would not help).
     let log = dir.join("service.log");
+    let started = Instant::now();
     let child = Service(Some(spawn_as_service_user(
         &["run", "--config"],
         &cfg,
@@ -1597,12 +1611,7 @@ fn an_unreadable_audit_directory_or_file_is_named_logged_sparingly_and_fails_hea
     );
     assert_eq!(metrics(port)["kas_healthy"], 0);
     assert!(http(port, b"GET /livez HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
-    assert_eq!(
-        count_lines(&log, &logged),
-        1,
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    assert_logged_once_per_period(&log, &logged, started);
     let (code, _) = stop(child);
     assert_eq!(code, Some(0));
     assert!(intake.events().is_empty());
@@ -1611,6 +1620,7 @@ fn an_unreadable_audit_directory_or_file_is_named_logged_sparingly_and_fails_hea
     chmod(&logs, 0o755);
     chmod(&writer.path(), 0o000);
     let log = dir.join("service-2.log");
+    let started = Instant::now();
     let child = Service(Some(spawn_as_service_user(
         &["run", "--config"],
         &cfg,
@@ -1621,12 +1631,7 @@ fn an_unreadable_audit_directory_or_file_is_named_logged_sparingly_and_fails_hea
         "{}: Permission denied (os error 13)",
         writer.path().display()
     );
-    assert_eq!(
-        count_lines(&log, &denied),
-        1,
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    assert_logged_once_per_period(&log, &denied, started);
     assert_eq!(metrics(port)["kas_input_state"], 2);
 
     // Fixed: everything is delivered, health passes, the log says so.
