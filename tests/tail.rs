@@ -919,3 +919,45 @@ fn a_save_before_the_scan_that_finds_a_file_does_not_make_it_history() {
     let expected: Vec<u64> = (10..120).collect();
     assert_eq!(seen.seqs, expected);
 }
+
+#[test]
+fn only_lumberjack_backup_names_are_backups() {
+    // A backup of `audit.log` is `audit-<UTC 2006-01-02T15-04-05.000>.log[.gz]`, nothing
+    // else: another log that merely starts with `audit-` (here `audit-dense100.log`, written
+    // by a second audit policy, and an operator's `audit-old.log.gz`) is not this log's
+    // history, and must not be shipped as part of it.
+    let logs = tmpdir("names-logs");
+    let state = tmpdir("names-state");
+    let mut w = AuditWriter::new(&logs, 4_000, 50, true);
+    w.write_line(&line(0, 200));
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    let mut seen = Seen::default();
+    seen.until(&mut t, Duration::from_secs(10), |s| {
+        s.seqs.last() == Some(&0)
+    });
+    let unrelated: String = (1000..1010).map(|s| line(s, 200) + "\n").collect();
+    std::fs::write(logs.join("audit-dense100.log"), &unrelated).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, unrelated.as_bytes()).unwrap();
+    std::fs::write(logs.join("audit-old.log.gz"), gz.finish().unwrap()).unwrap();
+    for seq in 1..200 {
+        w.write_line(&line(seq, 200));
+    }
+    assert!(w.rotations >= 5);
+    seen.until(&mut t, Duration::from_secs(20), |s| {
+        s.seqs.last() == Some(&199)
+    });
+    // A scan after the last rotation has looked at every name in the directory.
+    std::thread::sleep(Duration::from_millis(500));
+    seen.poll(&mut t, false);
+    assert!(seen.gaps.is_empty(), "{:?}", seen.gaps);
+    assert_eq!(seen.seqs, (0..200).collect::<Vec<_>>());
+    drop(t);
+    // Nor after a restart.
+    let (mut t, _) = Tailer::open(config(&logs, &state)).unwrap();
+    w.write_line(&line(200, 200));
+    seen.until(&mut t, Duration::from_secs(10), |s| {
+        s.seqs.last() == Some(&200)
+    });
+    assert_eq!(seen.seqs, (0..201).collect::<Vec<_>>());
+}

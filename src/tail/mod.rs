@@ -7,7 +7,8 @@
 //! - this module: the scanner that matches names to files and the reader that drains them.
 //!
 //! How files are followed:
-//! - Every file whose name matches the pattern is followed. A followed file whose name no
+//! - Every file whose name matches the pattern is followed, and so are its backups: names of
+//!   lumberjack's form `<stem>-<UTC time>.<ext>[.gz]` only (see `BACKUP_TIME`). A followed file whose name no
 //!   longer leads to it (renamed by rotation, deleted) is *rotated*: it is still read through
 //!   its open descriptor — renamed and deleted files stay readable on Linux, and with
 //!   `--audit-log-compress` the uncompressed backup lives only milliseconds — until its end,
@@ -388,6 +389,13 @@ fn gz_twin_of(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The time in a backup's name, as lumberjack (kube-apiserver's and k3s's log writer) writes
+/// it: `<stem>-<UTC 2006-01-02T15-04-05.000><ext>`, then `.gz` once compressed. Only such
+/// names are this log's backups: another file that starts with the stem (`audit-dense100.log`,
+/// a second policy's log) is not its history.
+const BACKUP_TIME: &str =
+    "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]-[0-9][0-9]-[0-9][0-9].[0-9][0-9][0-9]";
+
 fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -417,8 +425,8 @@ impl Tailer {
         let compile = |p: &str| glob::Pattern::new(p).map_err(|e| bad_pattern(&cfg.pattern, e));
         let name = compile(file_name)?;
         let rotated_names = [
-            compile(&format!("{stem}-*{ext}"))?,
-            compile(&format!("{stem}-*{ext}.gz"))?,
+            compile(&format!("{stem}-{BACKUP_TIME}{ext}"))?,
+            compile(&format!("{stem}-{BACKUP_TIME}{ext}.gz"))?,
         ];
         let (store, problem) = Checkpoints::load(&cfg.state_dir, &cfg.checkpoint_name)?;
         let watcher = match Watcher::new() {
