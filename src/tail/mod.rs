@@ -8,8 +8,9 @@
 //!
 //! How files are followed:
 //! - Every file whose name matches the pattern is followed, and so are its backups: names of
-//!   lumberjack's form `<stem>-<UTC time>.<ext>[.gz]` only (see `BACKUP_TIME`). A followed file whose name no
-//!   longer leads to it (renamed by rotation, deleted) is *rotated*: it is still read through
+//!   lumberjack's form `<stem>-<UTC time><ext>[.gz]` only (see `BACKUP_TIME`). A followed
+//!   file whose name no longer leads to it (renamed by rotation, deleted) is *rotated*: it is
+//!   still read through
 //!   its open descriptor — renamed and deleted files stay readable on Linux, and with
 //!   `--audit-log-compress` the uncompressed backup lives only milliseconds — until its end,
 //!   and then left. Files are read oldest first, so a rotated file is drained before the new
