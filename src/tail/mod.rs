@@ -383,6 +383,41 @@ fn gz_twins(candidates: &[Candidate]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The `.gz` that holds the file of `id` when its plain backup was listed mid-compression
+/// and deleted before its start could be read: lumberjack deletes the plain file only after
+/// its `.gz` is complete, so the twin listed as incomplete (and set aside as the plain file's
+/// copy) is whole now and is the file. Without this, start-up took the entry for gone and the
+/// `.gz` for a file never read, and read it again from its start.
+fn compressed_meanwhile(
+    candidates: &mut [Candidate],
+    claimed: &mut [bool],
+    id: &FileId,
+) -> Option<usize> {
+    let plain = candidates
+        .iter()
+        .position(|c| !c.gz && (c.dev, c.ino) == (id.dev, id.ino) && c.unreadable)?;
+    if fs::symlink_metadata(&candidates[plain].path).is_ok() {
+        return None;
+    }
+    let gz = gz_twin_of(&candidates[plain].path);
+    let k = candidates.iter().position(|c| c.gz && c.path == gz)?;
+    let twin = &mut candidates[k];
+    twin.fps.clear();
+    twin.unreadable = false;
+    if !twin.is(id) {
+        return None;
+    }
+    log::debug!(
+        "{} was compressed while listed: resuming in {}",
+        candidates[plain].path.display(),
+        gz.display()
+    );
+    // Both names are this file: neither is new.
+    claimed[k] = true;
+    claimed[plain] = true;
+    Some(k)
+}
+
 /// `<path>.gz`: where a compressed backup of `path` is written.
 fn gz_twin_of(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -625,7 +660,8 @@ impl Tailer {
             order.sort_by_key(|&i| candidates[i].gz);
             let found = order
                 .into_iter()
-                .find(|&i| !claimed[i] && candidates[i].is(&e.id));
+                .find(|&i| !claimed[i] && candidates[i].is(&e.id))
+                .or_else(|| compressed_meanwhile(&mut candidates, &mut claimed, &e.id));
             log::debug!(
                 "checkpoint of {} (inode {}, committed {} of {} bytes): {}",
                 e.path.display(),
