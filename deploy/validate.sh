@@ -123,9 +123,15 @@ TOP = {"logfiles", "region", "intake_url", "state_dir", "spool_max_bytes", "batc
        "batch_max_events", "batch_linger_secs", "gzip_level", "output", "start_at",
        "max_line_bytes", "request_timeout_secs", "ca_file", "client_cert", "client_key",
        "HTTPProxyURL", "metrics_address", "unhealthy_after_secs", "OptimizationRules"}
+# The Sekoia Endpoint Agent's own keys: accepted, with a warning (AGENT_KEYS in raw.rs).
+AGENT = {"roles", "EventBufferCacheSize", "EnableDNSResolutions", "HashesExcludedPaths", "LogMaxSize",
+         "LogMaxBackups", "LogCompress", "RemoteOptimizationRules"}
 ENTRY = {"filepath", "intakekey", "intakekey_file", "intakekey_env", "OptimizationRules"}
 KEYS = ("intakekey", "intakekey_file", "intakekey_env")
-REGIONS = {"fra1", "fra2", "mco1", "uae1", "usa1"}
+# The regions, read from their one table in the source (src/config/regions.rs).
+REGIONS = {"fra1", "fra2", "mco1", "sgp1", "uae1", "usa1"}
+if os.path.exists("src/config/regions.rs"):
+    REGIONS = set(re.findall(r'^\s*\("([a-z0-9]+)",\s*"https://', open("src/config/regions.rs").read(), re.M)) or REGIONS
 OPERATORS = {"==", "!=", "contains", "not contains", ">", ">=", "<", "<=", "exists", "not exists"}
 BYTES = re.compile(r"^\d+\s*(B|K|KiB|M|MiB|G|GiB|KB|MB|GB)?$")
 # The ECS fields a filter may name, read from the source so the two cannot drift apart.
@@ -138,8 +144,8 @@ def rules_problems(rules, at):
     if not isinstance(rules, list):
         return [f"{at}: not a list"]
     for i, r in enumerate(rules):
-        if not isinstance(r, dict) or set(r) - {"name", "action", "filters"}:
-            out.append(f"{at}[{i}]: keys must be name, action, filters")
+        if not isinstance(r, dict) or set(r) - {"name", "uuid", "action", "filters"}:
+            out.append(f"{at}[{i}]: keys must be name, uuid, action, filters")
             continue
         if str(r.get("action")) != "1":
             out.append(f"{at}[{i}].action: only 1 (ignore) exists")
@@ -157,11 +163,19 @@ def rules_problems(rules, at):
                 out.append(f"{at}[{i}].filters[{j}].field {f.get('field')!r} is not a known ECS field")
     return out
 
+def loopback(host):
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 def config_problems(cfg):
     p = []
     if not isinstance(cfg, dict):
         return ["not a mapping"]
-    p += [f"unknown key {k!r}" for k in cfg if k not in TOP]
+    p += [f"unknown key {k!r}" for k in cfg if k not in TOP | AGENT]
     lf = cfg.get("logfiles")
     if not isinstance(lf, list) or not lf:
         p.append("logfiles: one or more entries needed")
@@ -179,8 +193,13 @@ def config_problems(cfg):
             p += rules_problems(e["OptimizationRules"], f"logfiles[{i}].OptimizationRules")
     if "region" in cfg and "intake_url" in cfg:
         p.append("region and intake_url both given")
-    if "region" in cfg and cfg["region"] not in REGIONS:
+    if "region" in cfg and str(cfg["region"]).lower() not in REGIONS:
         p.append(f"region {cfg['region']!r}")
+    url = str(cfg.get("intake_url", "https://"))
+    host = re.split(r"[/\\?#]", url.partition("://")[2])[0].rpartition("@")[2]
+    host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    if not url.startswith("https://") and not (url.startswith("http://") and loopback(host)):
+        p.append(f"intake_url {url!r}: https://, or http:// only to a loopback address")
     for k in ("spool_max_bytes", "batch_max_bytes", "max_line_bytes"):
         if k in cfg and not BYTES.match(str(cfg[k])):
             p.append(f"{k} {cfg[k]!r}: not a byte count")

@@ -2,15 +2,21 @@
 //! (events joined by `\n`), ready to be spooled and POSTed as is (DESIGN.md §5, §6).
 //!
 //! Invariants owned here:
-//! - A batch holds at most `max_bytes` of uncompressed body and `max_events` events (the
-//!   intake takes at most 10 MiB per request), and events whose `requestReceivedTimestamp`s
-//!   span at most `max_spread`: the intake takes one event time per request
-//!   (`X-SEKOIAIO-EVENT-TIMESTAMP`), the batch's earliest. Timestamps are not monotonic in
-//!   an audit log, so the spread is max − min of the batch, not last − first.
+//! - A batch holds at most `max_bytes` of uncompressed body and `max_events` events, and
+//!   never more than [`MAX_BODY_BYTES`] of body before compression: the intake refuses a
+//!   request of 10,485,760 bytes or more (whether before or after decompression is not
+//!   documented). `max_bytes` is capped to it, and a batch of a single event fits since the
+//!   events given are within [`MAX_EVENT_BYTES`] (the extractor's and the records' limit).
+//! - Its events' `requestReceivedTimestamp`s span at most `max_spread`: the intake takes one
+//!   event time per request (`X-SEKOIAIO-EVENT-TIMESTAMP`), the batch's earliest.
+//!   Timestamps are not monotonic in an audit log, so the spread is max − min of the batch,
+//!   not last − first.
 //! - A batch is sealed when the next event would break a limit, when it has lingered
 //!   `linger` since its first event, and on shutdown ([`Batcher::seal_all`]).
 //! - Critical and bulk events never share a batch: they are spooled and sent separately.
 
+use crate::config::MAX_BODY_BYTES;
+use crate::extract::MAX_EVENT_BYTES;
 use crate::spool::Class;
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -66,6 +72,9 @@ pub struct Batcher {
     open: [Option<Open>; 2],
 }
 
+// A batch of one event, whatever `max_bytes` is, stays within the request limit.
+const _: () = assert!(MAX_EVENT_BYTES as u64 <= MAX_BODY_BYTES);
+
 fn slot(class: Class) -> usize {
     match class {
         Class::Critical => 0,
@@ -74,7 +83,9 @@ fn slot(class: Class) -> usize {
 }
 
 impl Batcher {
-    pub fn new(limits: BatchLimits) -> Batcher {
+    /// A batcher within `limits`, with `max_bytes` capped to the intake's request limit.
+    pub fn new(mut limits: BatchLimits) -> Batcher {
+        limits.max_bytes = limits.max_bytes.min(MAX_BODY_BYTES as usize);
         Batcher {
             limits,
             open: [None, None],
@@ -233,5 +244,31 @@ mod tests {
         let due = b.due(now + Duration::from_secs(5)).unwrap();
         assert_eq!(due.len(), 2);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_batch_body_never_reaches_the_request_limit() {
+        let now = Instant::now();
+        // Even when asked for more (a `BatchLimits` built in code, not checked by the config).
+        let limits = BatchLimits {
+            max_bytes: usize::MAX,
+            max_events: 100_000,
+            ..BatchLimits::default()
+        };
+        let mut b = Batcher::new(limits);
+        let event = vec![b'x'; MAX_EVENT_BYTES];
+        let mut sealed = Vec::new();
+        for _ in 0..100 {
+            sealed.extend(b.add(Class::Bulk, &event, None, now).unwrap());
+        }
+        sealed.extend(b.seal_all().unwrap());
+        assert!(sealed.len() >= 3, "{} batches", sealed.len());
+        for s in &sealed {
+            assert!(s.raw_bytes <= MAX_BODY_BYTES, "{} bytes", s.raw_bytes);
+            assert_eq!(body(s).len() as u64, s.raw_bytes);
+        }
+        // The whole limit is used: 41 events of 250,000 bytes and their newlines.
+        assert_eq!(sealed[0].events, 41);
+        assert_eq!(sealed.iter().map(|s| s.events).sum::<u32>(), 100);
     }
 }

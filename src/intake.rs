@@ -8,7 +8,7 @@
 //! | answer | action |
 //! |---|---|
 //! | 2xx | delete the segment |
-//! | 413 | split the segment in two, durably, and send the halves (a single event that is still refused is quarantined: the extractor keeps events under 250 KiB, so this means the intake's limit changed) |
+//! | 413 | split the segment in two, durably, and send the halves (a single event that is still refused is quarantined: the extractor keeps events within 250,000 bytes, so this means the intake's limit changed) |
 //! | 429, 503 | wait `Retry-After` (seconds or an HTTP date), else back off |
 //! | 401, 403, 422 | the key or subscription is refused: loud error, health fails, retry slowly; nothing is dropped |
 //! | other 4xx/5xx, timeouts, resets, TLS errors | exponential backoff with jitter, forever |
@@ -23,18 +23,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-
-/// Base URLs of the SEKOIA.IO regions.
-pub fn region_url(region: &str) -> Option<&'static str> {
-    Some(match region.to_ascii_lowercase().as_str() {
-        "fra1" => "https://intake.sekoia.io",
-        "fra2" => "https://intake.fra2.sekoia.io/api/v1/intake-http",
-        "mco1" => "https://intake.mco1.sekoia.io/api/v1/intake-http",
-        "uae1" => "https://intake.uae1.sekoia.io/api/v1/intake-http",
-        "usa1" => "https://intake.usa1.sekoia.io/api/v1/intake-http",
-        _ => return None,
-    })
-}
 
 #[derive(Clone)]
 pub struct IntakeConfig {
@@ -432,15 +420,5 @@ mod tests {
         assert!(waits[11] <= Backoff::MAX.mul_f64(1.25));
         b.reset();
         assert!(b.step() <= Duration::from_millis(1250));
-    }
-
-    #[test]
-    fn regions() {
-        assert_eq!(region_url("FRA1"), Some("https://intake.sekoia.io"));
-        assert_eq!(
-            region_url("usa1"),
-            Some("https://intake.usa1.sekoia.io/api/v1/intake-http")
-        );
-        assert_eq!(region_url("mars1"), None);
     }
 }

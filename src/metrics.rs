@@ -341,7 +341,7 @@ impl Metrics {
             (
                 "events_truncated_total",
                 "counter",
-                "Events trimmed to the intake's 250 KiB limit.",
+                "Events trimmed to the intake's per-event limit (250,000 bytes).",
                 |f| f.events_truncated.get(),
             ),
             (

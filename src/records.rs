@@ -23,7 +23,7 @@
 //! An **unparsed record** carries a line that is not an audit event (not JSON, not an object),
 //! so that nothing read is dropped silently: `{"kind":"KubeAuditShipperUnparsed",
 //! "kube_audit_shipper":{"record":"unparsed","error":…,"host":…,"file":…,"offset":…,
-//! "line":"<the line, as a JSON string, cut to fit 250 KiB>","line_bytes":N,"truncated":bool}}`.
+//! "line":"<the line, as a JSON string, cut so the record fits `MAX_EVENT_BYTES`>","line_bytes":N,"truncated":bool}}`.
 
 use crate::extract::json_string;
 use crate::timestamp::format_micros;
@@ -144,6 +144,7 @@ pub fn unparsed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::MAX_EVENT_BYTES;
 
     fn json(bytes: &[u8]) -> serde_json::Value {
         serde_json::from_slice(bytes)
@@ -185,7 +186,7 @@ mod tests {
             7,
             "expected an object",
             line,
-            250 * 1024,
+            MAX_EVENT_BYTES,
         );
         let v = json(&out);
         assert_eq!(
@@ -196,8 +197,16 @@ mod tests {
         // A huge line of characters that escape to 6 bytes each still fits.
         let big = vec![1u8; 1 << 20];
         out.clear();
-        unparsed(&mut out, "n", Path::new("/a.log"), 0, "e", &big, 250 * 1024);
-        assert!(out.len() <= 250 * 1024, "{}", out.len());
+        unparsed(
+            &mut out,
+            "n",
+            Path::new("/a.log"),
+            0,
+            "e",
+            &big,
+            MAX_EVENT_BYTES,
+        );
+        assert!(out.len() <= MAX_EVENT_BYTES, "{}", out.len());
         let v = json(&out);
         assert_eq!(v["kube_audit_shipper"]["truncated"], true);
         assert_eq!(v["kube_audit_shipper"]["line_bytes"], 1 << 20);

@@ -1450,6 +1450,36 @@ fn check_reports_the_plan_and_each_problem_with_its_fix() {
     );
     assert!(out.contains("; `run` creates it)"), "{out}");
 
+    // The Sekoia agent's own keys: one warning each (lines 8 and 9), and the check passes.
+    let agent = config(
+        &dir,
+        &writer.path(),
+        &intake,
+        &Options::default().key,
+        "EventBufferCacheSize: 200\nRemoteOptimizationRules: true\n",
+    );
+    let (code, out) = run_check(&agent);
+    assert_eq!(code, Some(0), "{out}");
+    let warning = format!(
+        "  warning: config {}: {{}}: a key of the Sekoia Endpoint Agent; it has no effect here",
+        agent.display()
+    );
+    for (key, rest) in [
+        (
+            "EventBufferCacheSize",
+            " (the on-disk buffer here is `spool_max_bytes`) at line 8 column 1\n",
+        ),
+        (
+            "RemoteOptimizationRules",
+            " (rules are not fetched from the platform; copy them into `OptimizationRules`) at \
+             line 9 column 1\n",
+        ),
+    ] {
+        let line = warning.replace("{}", key) + rest;
+        assert!(out.contains(&line), "{line:?} in {out}");
+    }
+    assert_eq!(out.matches("  warning: ").count(), 2, "{out}");
+
     let bad = config(&dir, &dir.join("nowhere/audit.log"), &intake, "wrong", "");
     let (code, out) = run_check(&bad);
     assert_eq!(code, Some(1), "{out}");
@@ -1470,6 +1500,24 @@ fn check_reports_the_plan_and_each_problem_with_its_fix() {
     assert!(
         out.contains("placeholder") && out.contains("line 3"),
         "{out}"
+    );
+
+    // The key would cross the network in clear text.
+    std::fs::write(
+        &bad,
+        "logfiles:\n  - filepath: /x\n    intakekey: k\nintake_url: http://intake.example:8080\n",
+    )
+    .unwrap();
+    let (code, out) = run_check(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "config {}: intake_url: plain http:// to \"intake.example\" would send the intake \
+             key in clear text; http:// is accepted only for a loopback address (127.0.0.0/8, \
+             ::1, localhost: tests, a local relay): use https:// at line 4 column 1\n",
+            bad.display()
+        )
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,6 @@
-//! No `audit` or `ecs` output exceeds the intake's 250 KiB per-event limit (DESIGN.md §5):
-//! oversized events are trimmed and marked, never dropped.
+//! No `audit` or `ecs` output exceeds the intake's per-event limit, 250,000 bytes as in
+//! Sekoia's own senders (DESIGN.md §5): oversized events are trimmed and marked, never
+//! dropped.
 
 mod support;
 
@@ -105,6 +106,25 @@ fn huge_strings_are_cut_when_arrays_are_not_enough() {
             .starts_with("/api/v1/pods?label=a\"b")
     );
     assert_eq!(ecs["user"]["name"], json!("admin"));
+}
+
+#[test]
+fn the_limit_is_the_250000_bytes_of_sekoias_sdk_not_250_kib() {
+    // `sekoia-automation-sdk` drops events over 250,000 bytes before sending them; "250
+    // KiB" read as 256,000 let events between the two through.
+    assert_eq!(MAX_EVENT_BYTES, 250_000);
+    let mut e = base();
+    e["requestURI"] = json!(format!("/api/v1/pods?label={}", "a".repeat(253_000)));
+    let line = e.to_string();
+    assert!(line.len() < 256_000, "{}", line.len());
+    let mut x = Extractor::new();
+    let (out, written) = extract(&mut x, &line, Format::Audit).unwrap();
+    assert!(written.truncated, "{} bytes, not trimmed", out.len());
+    assert!(out.len() <= 250_000, "{} bytes", out.len());
+    assert_eq!(
+        json(&out)["kube_audit_shipper"],
+        json!({"truncated": true, "original_bytes": line.len()})
+    );
 }
 
 #[test]

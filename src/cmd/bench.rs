@@ -70,14 +70,14 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let _ = writeln!(o, "kube-audit-shipper bench: {}", opts.file);
     let _ = writeln!(
         o,
-        "  input        {} lines, {:.2} MB, {} events (mean {} B), {} not events, {} over {} KiB",
+        "  input        {} lines, {:.2} MB, {} events (mean {} B), {} not events, {} over {} bytes",
         census.lines,
         mb(census.raw_bytes),
         census.events,
         census.raw_bytes / census.events,
         census.bad,
         census.truncated,
-        crate::extract::MAX_EVENT_BYTES / 1024,
+        crate::extract::MAX_EVENT_BYTES,
     );
     let _ = writeln!(o, "  cpu          {}", cpu_description());
     let _ = writeln!(

@@ -2,6 +2,7 @@
 //! YAML deserializer's messages about unknown and duplicate keys, made readable.
 
 use super::locate::{Step, key_name, locate_nth};
+use super::raw::AGENT_KEYS;
 use super::values::KeyFault;
 use std::fmt;
 use std::path::PathBuf;
@@ -66,6 +67,16 @@ pub(super) enum Problem {
     },
     NeedsValue(String),
     TakesNoValue(String),
+    /// An `http://` intake URL to a host that is not a loopback address: the intake key
+    /// would cross the network in clear text.
+    PlainHttp {
+        host: String,
+    },
+    /// A warning, not an error: a key of the Sekoia Endpoint Agent's configuration, accepted
+    /// so that the agent's file loads, that does nothing here; `instead` says what does.
+    AgentOnly {
+        instead: &'static str,
+    },
 }
 
 impl ConfigError {
@@ -177,7 +188,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// "unknown key", the closest known key if one is close, and the known keys.
+/// "unknown key", the closest known key if one is close, and the known keys (without the
+/// Sekoia agent's, which are accepted but do nothing here).
 fn unknown_key_text(f: &mut fmt::Formatter<'_>, name: &str, expected: &[String]) -> fmt::Result {
     f.write_str("unknown key")?;
     let close = expected
@@ -191,7 +203,11 @@ fn unknown_key_text(f: &mut fmt::Formatter<'_>, name: &str, expected: &[String])
     if expected.is_empty() {
         return f.write_str("; this mapping takes no keys");
     }
-    let list: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    let list: Vec<String> = expected
+        .iter()
+        .filter(|k| !AGENT_KEYS.iter().any(|(agent, _)| agent == k))
+        .map(|k| format!("`{k}`"))
+        .collect();
     write!(f, " (the keys here are {})", list.join(", "))
 }
 
@@ -255,6 +271,19 @@ impl fmt::Display for Problem {
             Problem::NeedsValue(op) => write!(f, "operator {op:?} needs a `value`"),
             Problem::TakesNoValue(op) => {
                 write!(f, "operator {op:?} takes no `value`; remove it")
+            }
+            Problem::PlainHttp { host } => write!(
+                f,
+                "plain http:// to {host:?} would send the intake key in clear text; http:// is \
+                 accepted only for a loopback address (127.0.0.0/8, ::1, localhost: tests, a \
+                 local relay): use https://"
+            ),
+            Problem::AgentOnly { instead } => {
+                f.write_str("a key of the Sekoia Endpoint Agent; it has no effect here")?;
+                if !instead.is_empty() {
+                    write!(f, " ({instead})")?;
+                }
+                Ok(())
             }
         }
     }

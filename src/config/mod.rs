@@ -2,7 +2,9 @@
 //!
 //! The Sekoia agent's snippet works unchanged — `logfiles:` entries with `filepath` and
 //! `intakekey` — and every other key is optional with a safe default. Keys are flat, in the
-//! agent's style (`HTTPProxyURL`, `OptimizationRules` keep its spelling).
+//! agent's style (`HTTPProxyURL`, `OptimizationRules` keep its spelling). The agent's whole
+//! config file loads too: a rule's `uuid` names it, and the agent's other documented keys
+//! (`raw::AGENT_KEYS`) are accepted with one warning each, since they do nothing here.
 //!
 //! Errors name the key, what is wrong and how to fix it, and the line and column where the
 //! YAML parser found the key: unknown keys and ill-typed values are refused by the YAML
@@ -14,14 +16,16 @@
 mod error;
 mod locate;
 mod raw;
+mod regions;
 mod values;
 
+pub use regions::{REGIONS, region_url};
 pub use values::parse_bytes;
 
 use crate::batch::BatchLimits;
 use crate::extract::Format;
 use crate::filter::{Filter, Rule};
-use crate::intake::{IntakeConfig, region_url};
+use crate::intake::IntakeConfig;
 use crate::tail::StartAt;
 use error::{ConfigError, Problem};
 use locate::{Step, key_name, refuse};
@@ -32,7 +36,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The intake refuses request bodies of 10 MiB or more (DESIGN.md §5).
+/// The largest request body, before compression: the intake refuses 10 MiB (10,485,760
+/// bytes) or more, and Sekoia's SDK cuts its requests below that (DESIGN.md §5). Bounds
+/// `batch_max_bytes` here and every batch in [`crate::batch`].
 pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024 - 1;
 
 /// A checked configuration.
@@ -128,18 +134,8 @@ impl Config {
         if entries.is_empty() {
             return Err(refuse(text, &[Step::Key("logfiles")], Problem::NoLogfiles));
         }
-        let intake_url = match (raw.intake_url.take(), raw.region.take()) {
-            (Some(_), Some(_)) => {
-                return Err(refuse(
-                    text,
-                    &[Step::Key("intake_url")],
-                    Problem::RegionAndUrl,
-                ));
-            }
-            (Some(url), None) => url.0,
-            (None, Some(region)) => region.0,
-            (None, None) => region_url("fra1").unwrap_or_default().to_string(),
-        };
+        let intake_url = intake_url(&mut raw, text)?;
+        let warnings = agent_warnings(&raw, text, path);
         let top_rules = rules(
             raw.optimization_rules.take().unwrap_or_default(),
             text,
@@ -175,7 +171,7 @@ impl Config {
             unhealthy_after: raw
                 .unhealthy_after_secs
                 .map_or(Duration::from_secs(900), |s| s.0),
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -196,6 +192,54 @@ impl Config {
     pub fn spool_share(&self) -> u64 {
         self.spool_max_bytes / self.logfiles.len().max(1) as u64
     }
+}
+
+/// The intake's base URL: `intake_url`, else the region's. Plain `http://` only to a
+/// loopback address: anywhere else the key would cross the network in clear text.
+fn intake_url(raw: &mut RawConfig, text: &str) -> Result<String, ConfigError> {
+    let url = match (raw.intake_url.take(), raw.region.take()) {
+        (Some(_), Some(_)) => {
+            return Err(refuse(
+                text,
+                &[Step::Key("intake_url")],
+                Problem::RegionAndUrl,
+            ));
+        }
+        (Some(url), None) => url.0,
+        (None, Some(region)) => return Ok(region.0),
+        (None, None) => {
+            return Ok(region_url(regions::DEFAULT_REGION)
+                .unwrap_or_default()
+                .to_string());
+        }
+    };
+    if url.starts_with("http://") {
+        let host = values::url_host(&url);
+        if !values::is_loopback(host) {
+            let host = host.to_string();
+            return Err(refuse(
+                text,
+                &[Step::Key("intake_url")],
+                Problem::PlainHttp { host },
+            ));
+        }
+    }
+    Ok(url)
+}
+
+/// One warning for each of the Sekoia agent's keys that have no effect here, with its line,
+/// in the file's order. (`refuse` only places the message: nothing is refused.)
+fn agent_warnings(raw: &RawConfig, text: &str, path: &Path) -> Vec<String> {
+    let mut found: Vec<ConfigError> = raw
+        .agent_keys()
+        .into_iter()
+        .map(|(key, instead)| refuse(text, &[Step::Key(key)], Problem::AgentOnly { instead }))
+        .collect();
+    found.sort_by_key(|w| w.at);
+    found
+        .iter()
+        .map(|w| format!("config {}: {w}", path.display()))
+        .collect()
 }
 
 /// The `logfiles` entries, each with its key and rules (the top-level ones first).
@@ -310,7 +354,7 @@ fn client_cert(
 }
 
 /// The rules of one `OptimizationRules` list, found at `at`; a rule without a name is named
-/// after its place.
+/// by its `uuid` (the agent's identifier), else after its place.
 fn rules(raw: Vec<RawRule>, text: &str, at: &[Step]) -> Result<Vec<Rule>, ConfigError> {
     let mut rules = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
@@ -331,7 +375,10 @@ fn rules(raw: Vec<RawRule>, text: &str, at: &[Step]) -> Result<Vec<Rule>, Config
             filters.push(Filter::new(f.field.0, op, value));
         }
         rules.push(Rule {
-            name: r.name.unwrap_or_else(|| format!("{}[{i}]", key_name(at))),
+            name: r
+                .name
+                .or(r.uuid.map(|u| u.0))
+                .unwrap_or_else(|| format!("{}[{i}]", key_name(at))),
             filters,
         });
     }

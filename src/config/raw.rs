@@ -7,6 +7,7 @@ use super::values::{
     OpName, Output, Proxy, Region, Scalar, Secs, Start, Url, key_fault,
 };
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use std::path::{Path, PathBuf};
 
 #[derive(Deserialize)]
@@ -35,6 +36,69 @@ pub(super) struct RawConfig {
     pub(super) unhealthy_after_secs: Option<Secs>,
     #[serde(rename = "OptimizationRules")]
     pub(super) optimization_rules: Option<Vec<RawRule>>,
+    // The Sekoia Endpoint Agent's own keys (`AGENT_KEYS`), any value: read and warned about.
+    roles: Option<IgnoredAny>,
+    #[serde(rename = "EventBufferCacheSize")]
+    event_buffer_cache_size: Option<IgnoredAny>,
+    #[serde(rename = "EnableDNSResolutions")]
+    enable_dns_resolutions: Option<IgnoredAny>,
+    #[serde(rename = "HashesExcludedPaths")]
+    hashes_excluded_paths: Option<IgnoredAny>,
+    #[serde(rename = "LogMaxSize")]
+    log_max_size: Option<IgnoredAny>,
+    #[serde(rename = "LogMaxBackups")]
+    log_max_backups: Option<IgnoredAny>,
+    #[serde(rename = "LogCompress")]
+    log_compress: Option<IgnoredAny>,
+    #[serde(rename = "RemoteOptimizationRules")]
+    remote_optimization_rules: Option<IgnoredAny>,
+}
+
+/// Where the agent's own log goes instead.
+const OWN_LOG: &str = "this program logs to stderr, for journald or the container runtime";
+
+/// The Sekoia Endpoint Agent's documented top-level keys that do nothing here, and what does
+/// instead (empty: nothing). Source: the agent's configuration page (Sekoia's documentation,
+/// "Sekoia.io Endpoint Agent"), as collected in ../shared/SEKOIA-INTAKE.md. A file written
+/// for the agent loads, with one warning for each of these; `logfiles`, `HTTPProxyURL` and
+/// `OptimizationRules` are the agent's keys too, and do work here.
+pub(super) const AGENT_KEYS: &[(&str, &str)] = &[
+    ("roles", "only the files in `logfiles` are shipped"),
+    (
+        "EventBufferCacheSize",
+        "the on-disk buffer here is `spool_max_bytes`",
+    ),
+    ("EnableDNSResolutions", ""),
+    ("HashesExcludedPaths", ""),
+    ("LogMaxSize", OWN_LOG),
+    ("LogMaxBackups", OWN_LOG),
+    ("LogCompress", OWN_LOG),
+    (
+        "RemoteOptimizationRules",
+        "rules are not fetched from the platform; copy them into `OptimizationRules`",
+    ),
+];
+
+impl RawConfig {
+    /// The agent's keys (`AGENT_KEYS`) this file holds, with what does instead.
+    pub(super) fn agent_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let given = |key: &str| match key {
+            "roles" => self.roles.is_some(),
+            "EventBufferCacheSize" => self.event_buffer_cache_size.is_some(),
+            "EnableDNSResolutions" => self.enable_dns_resolutions.is_some(),
+            "HashesExcludedPaths" => self.hashes_excluded_paths.is_some(),
+            "LogMaxSize" => self.log_max_size.is_some(),
+            "LogMaxBackups" => self.log_max_backups.is_some(),
+            "LogCompress" => self.log_compress.is_some(),
+            "RemoteOptimizationRules" => self.remote_optimization_rules.is_some(),
+            _ => false,
+        };
+        AGENT_KEYS
+            .iter()
+            .copied()
+            .filter(|(key, _)| given(key))
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,6 +184,8 @@ impl RawLogFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) name: Option<String>,
+    /// The agent's identifier of the rule; names it when `name` is not given.
+    pub(super) uuid: Option<Scalar>,
     #[allow(dead_code)] // checked when read: only 1 exists
     action: Action,
     pub(super) filters: Vec<RawFilter>,

@@ -21,6 +21,7 @@ fn the_seed_snippet_works_with_a_real_key() {
         Some(SocketAddr::from(([127, 0, 0, 1], 9880)))
     );
     assert!(!format!("{cfg:?}").contains("0a1b2c3d-key"));
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
 #[test]
@@ -398,4 +399,166 @@ fn a_key_file_that_holds_no_key_is_named_and_not_echoed() {
     );
     assert!(e.ends_with(line), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `logfiles` with one entry, then `rest`: the key given in `rest` is on line 4.
+fn with(rest: &str) -> Result<Config, String> {
+    parse(&format!(
+        "logfiles:\n  - filepath: /x\n    intakekey: k\n{rest}"
+    ))
+}
+
+#[test]
+fn every_region_is_in_the_one_table_and_sgp1_has_no_path_prefix() {
+    let url = |region: &str| with(&format!("region: {region}\n")).map(|c| c.intake_url);
+    assert_eq!(url("sgp1").as_deref(), Ok("https://intake.sgp1.sekoia.io"));
+    assert_eq!(url("SGP1").as_deref(), Ok("https://intake.sgp1.sekoia.io"));
+    assert_eq!(
+        url("fra2").as_deref(),
+        Ok("https://intake.fra2.sekoia.io/api/v1/intake-http")
+    );
+    for (region, base) in REGIONS {
+        assert_eq!(url(region).as_deref(), Ok(*base));
+    }
+    assert_eq!(
+        url("mars1"),
+        Err(format!(
+            "{AT}region: \"mars1\" is not a region: expected fra1, fra2, mco1, sgp1, uae1 or \
+             usa1 (or set intake_url) at line 4 column 9"
+        ))
+    );
+}
+
+#[test]
+fn plain_http_is_refused_unless_the_intake_is_on_a_loopback_address() {
+    let url = |u: &str| with(&format!("intake_url: {u}\n")).map(|c| c.intake_url);
+    for remote in [
+        "http://intake.sekoia.io",
+        "http://10.0.0.1:8080/relay",
+        "http://127.0.0.1.nip.io",
+    ] {
+        let host = values::url_host(remote);
+        assert_eq!(
+            url(remote),
+            Err(format!(
+                "{AT}intake_url: plain http:// to {host:?} would send the intake key in clear \
+                 text; http:// is accepted only for a loopback address (127.0.0.0/8, ::1, \
+                 localhost: tests, a local relay): use https:// at line 4 column 1"
+            ))
+        );
+    }
+    for local in [
+        "http://127.0.0.1:8443",
+        "http://127.0.0.53/relay",
+        "http://localhost:9000",
+        "http://[::1]:8080",
+        "https://intake.example.com",
+    ] {
+        assert_eq!(url(local).as_deref(), Ok(local));
+    }
+}
+
+#[test]
+fn a_rule_may_carry_the_agents_uuid_which_names_it() {
+    let cfg = with(
+        "OptimizationRules:\n  - uuid: 30bb044d-f7ba-448a-81c2-7f3c41a1fbf9\n    action: 1\n    \
+         filters:\n      - {field: user.name, operator: ==, value: a}\n  - uuid: u2\n    \
+         name: named\n    action: 1\n    filters:\n      - {field: user.name, operator: ==, \
+         value: b}\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = cfg.logfiles[0]
+        .rules
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, ["30bb044d-f7ba-448a-81c2-7f3c41a1fbf9", "named"]);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}
+
+#[test]
+fn the_agents_own_keys_load_with_one_warning_each_and_others_stay_errors() {
+    let cfg = with("LogCompress: false\nRemoteOptimizationRules: true\nroles: [event-collector]\n")
+        .unwrap();
+    let agent = "a key of the Sekoia Endpoint Agent; it has no effect here";
+    assert_eq!(
+        cfg.warnings,
+        [
+            format!(
+                "{AT}LogCompress: {agent} (this program logs to stderr, for journald or the \
+                 container runtime) at line 4 column 1"
+            ),
+            format!(
+                "{AT}RemoteOptimizationRules: {agent} (rules are not fetched from the \
+                 platform; copy them into `OptimizationRules`) at line 5 column 1"
+            ),
+            format!(
+                "{AT}roles: {agent} (only the files in `logfiles` are shipped) at line 6 \
+                 column 1"
+            ),
+        ]
+    );
+    // Not the agent's: an error, at its place; the agent's keys are not offered.
+    let e = with("EventBufferCacheSize: 200\nAgentMode: fast\n").unwrap_err();
+    assert!(
+        e.starts_with(&format!(
+            "{AT}AgentMode: unknown key (the keys here are `logfiles`, `region`, "
+        )),
+        "{e}"
+    );
+    assert!(
+        e.ends_with("`OptimizationRules`) at line 5 column 1"),
+        "{e}"
+    );
+    // Inside a `logfiles` entry the agent's keys are not accepted.
+    let e = parse("logfiles:\n  - filepath: /x\n    intakekey: k\n    LogCompress: true\n")
+        .unwrap_err();
+    assert!(
+        e.starts_with(&format!("{AT}logfiles[0].LogCompress: unknown key")),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_agent_config_file_loads_with_one_warning_per_agent_key() {
+    let path = Path::new("tests/fixtures/agent-config.yaml");
+    let cfg = Config::parse(include_str!("../../tests/fixtures/agent-config.yaml"), path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let at = "config tests/fixtures/agent-config.yaml: ";
+    let agent = "a key of the Sekoia Endpoint Agent; it has no effect here";
+    let log = "(this program logs to stderr, for journald or the container runtime)";
+    assert_eq!(
+        cfg.warnings,
+        [
+            format!(
+                "{at}roles: {agent} (only the files in `logfiles` are shipped) at line 8 \
+                 column 1"
+            ),
+            format!(
+                "{at}EventBufferCacheSize: {agent} (the on-disk buffer here is \
+                 `spool_max_bytes`) at line 11 column 1"
+            ),
+            format!("{at}EnableDNSResolutions: {agent} at line 13 column 1"),
+            format!("{at}HashesExcludedPaths: {agent} at line 14 column 1"),
+            format!("{at}LogMaxSize: {agent} {log} at line 16 column 1"),
+            format!("{at}LogMaxBackups: {agent} {log} at line 17 column 1"),
+            format!("{at}LogCompress: {agent} {log} at line 18 column 1"),
+            format!(
+                "{at}RemoteOptimizationRules: {agent} (rules are not fetched from the \
+                 platform; copy them into `OptimizationRules`) at line 19 column 1"
+            ),
+        ]
+    );
+    // What does work here.
+    assert_eq!(
+        cfg.logfiles[0].filepath,
+        "/var/log/kubernetes/apiserver/audit.log"
+    );
+    assert_eq!(
+        cfg.proxy.as_deref(),
+        Some("http://user:pass@proxy.example:3128")
+    );
+    let rule = &cfg.logfiles[0].rules[0];
+    assert_eq!(rule.name, "30bb044d-f7ba-448a-81c2-7f3c41a1fbf9");
+    assert_eq!(rule.filters.len(), 2);
 }

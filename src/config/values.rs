@@ -2,14 +2,14 @@
 //! `Deserialize` (so that an error carries the value's line and column).
 
 use super::MAX_BODY_BYTES;
+use super::regions::{region_names, region_url};
 use crate::extract::Format;
 use crate::filter::{self, EcsField, Operator};
-use crate::intake::region_url;
 use crate::tail::StartAt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// What makes a text unfit to be an intake key (and the words that say so, after "is" or
@@ -160,7 +160,8 @@ fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 checked!(Region(String), |r| region_url(r)
     .map(str::to_string)
     .ok_or_else(|| format!(
-        "{r:?} is not a region: expected fra1, fra2, mco1, uae1 or usa1 (or set intake_url)"
+        "{r:?} is not a region: expected {} (or set intake_url)",
+        region_names()
     )));
 checked!(Url(String), |u| {
     if u.starts_with("https://") || u.starts_with("http://") {
@@ -169,6 +170,28 @@ checked!(Url(String), |u| {
         Err(format!("{u:?}: expected an https:// URL"))
     }
 });
+
+/// The host of an `http://` or `https://` URL: after the scheme, up to the first `/`, `\`,
+/// `?` or `#`, without user info (up to the last `@`) or port; an IPv6 address without its
+/// brackets. A backslash ends it too, as it does for WHATWG parsers, so that a host cannot
+/// hide behind one (`http://intake.example\@127.0.0.1` is `intake.example`).
+pub(super) fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    }
+}
+
+/// A loopback host: `localhost`, 127.0.0.0/8 or ::1, written as such (no other spelling of
+/// an address, no name that resolves there).
+pub(super) fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 checked!(Proxy(String), |u| {
     if u.starts_with("http://") || u.starts_with("https://") || u.starts_with("socks") {
         Ok(u.to_string())
@@ -292,6 +315,34 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_of_urls_and_which_are_loopback() {
+        for (url, host, loopback) in [
+            ("http://127.0.0.1:8443", "127.0.0.1", true),
+            ("http://127.9.8.7/relay", "127.9.8.7", true),
+            ("http://localhost:9000/x?y=1", "localhost", true),
+            ("http://LOCALHOST", "LOCALHOST", true),
+            ("http://[::1]:8080/", "::1", true),
+            ("http://user:pw@127.0.0.1/x", "127.0.0.1", true),
+            ("http://intake.sekoia.io", "intake.sekoia.io", false),
+            ("http://10.0.0.1:80", "10.0.0.1", false),
+            ("http://127.0.0.1.nip.io", "127.0.0.1.nip.io", false),
+            (
+                "http://localhost.example.com",
+                "localhost.example.com",
+                false,
+            ),
+            ("http://127.0.0.1@intake.example", "intake.example", false),
+            ("http://intake.example\\@127.0.0.1", "intake.example", false),
+            ("http://[::ffff:127.0.0.1]", "::ffff:127.0.0.1", false),
+            ("http://127.1", "127.1", false),
+            ("http://", "", false),
+        ] {
+            assert_eq!(url_host(url), host, "{url}");
+            assert_eq!(is_loopback(url_host(url)), loopback, "{url}");
+        }
+    }
 
     #[test]
     fn byte_counts() {

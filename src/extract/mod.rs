@@ -7,8 +7,8 @@
 //! (`tests/no_alloc.rs` holds this to zero).
 //!
 //! Size invariant: no `audit` or `ecs` output is larger than [`Extractor::max_event_bytes`]
-//! (250 KiB by default, the intake's per-event limit). An event that would be is trimmed —
-//! first the pod-spec arrays, then long strings — and marked with
+//! ([`MAX_EVENT_BYTES`] by default, the intake's per-event limit). An event that would be is
+//! trimmed — first the pod-spec arrays, then long strings — and marked with
 //! `"kube_audit_shipper":{"truncated":true,"original_bytes":N}`; it is never dropped.
 
 mod audit;
@@ -25,8 +25,11 @@ use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
 use std::fmt;
 use std::io::Write;
 
-/// The intake drops any single event over 250 KiB (DESIGN.md §5).
-pub const MAX_EVENT_BYTES: usize = 250 * 1024;
+/// The largest event sent: 250,000 bytes, the limit of Sekoia's own senders
+/// (`sekoia-automation-sdk` drops larger events before sending). The intake documents "250
+/// KiB" and drops a larger event (DESIGN.md §5); the SDK's reading is the stricter one. Used
+/// for the `audit`/`ecs` forms, the `raw` form and the records this crate writes.
+pub const MAX_EVENT_BYTES: usize = 250_000;
 
 /// Deepest nesting accepted. Kubernetes objects stay far below it; it bounds the recursion
 /// of the output writer.

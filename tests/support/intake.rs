@@ -1,7 +1,7 @@
 //! A SEKOIA.IO intake emulator for tests: HTTPS on 127.0.0.1 with certificates generated at
 //! start (rcgen), `POST /plain/batch` with or without gzip, the key checked
 //! (`X-SEKOIAIO-INTAKE-KEY`; a wrong key gets 401 or 422 as configured), `{"event_ids":[…]}`
-//! answers, 413 for an event over 250 KiB or a body over 10 MiB, and scripted faults:
+//! answers, 413 for an event or a body over the intake's limits, and scripted faults:
 //! statuses, `Retry-After`, slow answers, a connection reset mid-body; optionally mutual TLS.
 //! It records every request and every accepted event.
 #![allow(dead_code)]
@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const MAX_EVENT: usize = 250 * 1024;
-pub const MAX_BODY: usize = 10 * 1024 * 1024;
+/// The intake's limits, as the crate keeps to them: an event over 250,000 bytes or a body of
+/// 10,485,760 bytes or more (before compression) is refused with a 413.
+pub const MAX_EVENT: usize = kube_audit_shipper::extract::MAX_EVENT_BYTES;
+pub const MAX_BODY: usize = kube_audit_shipper::config::MAX_BODY_BYTES as usize;
 
 /// A scripted answer, used (once each, in order) before normal processing.
 #[derive(Clone, Debug)]
