@@ -29,9 +29,10 @@ pub fn run(config: &Path) -> Result<bool, String> {
             ", client cert {}",
             c.0.display()
         )),
-        cfg.proxy
-            .as_ref()
-            .map_or(String::new(), |p| format!(", proxy {p}"))
+        cfg.proxy.as_ref().map_or(String::new(), |p| format!(
+            ", proxy {}",
+            without_credentials(p)
+        ))
     );
     println!(
         "batches: up to {} bytes / {} events / {:?} linger, gzip level {}, {:?} form",
@@ -210,6 +211,20 @@ fn check_files(pattern: &str, problems: &mut Vec<String>) {
     });
 }
 
+/// A proxy URL as it may be printed: `user:password@` replaced by `***@` (the output of
+/// `check` is pasted into tickets).
+fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 /// TLS handshake and an authenticated POST of an empty batch.
 fn check_intake(cfg: &Config, l: &crate::config::LogFile, problems: &mut Vec<String>) {
     let sender = match Sender::new(&cfg.intake(l)) {
@@ -241,4 +256,22 @@ fn check_intake(cfg: &Config, l: &crate::config::LogFile, problems: &mut Vec<Str
         )),
     }
     let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn proxy_credentials_are_not_printed() {
+        assert_eq!(
+            without_credentials("http://bob:s3cret@proxy.local:3128"),
+            "http://***@proxy.local:3128"
+        );
+        assert_eq!(
+            without_credentials("http://proxy.local:3128/"),
+            "http://proxy.local:3128/"
+        );
+        assert_eq!(without_credentials("bob:pw@p:1"), "***@p:1");
+    }
 }
