@@ -238,7 +238,6 @@ impl Stage {
                 let (reason, detail) = match &gap.reason {
                     crate::tail::GapReason::Deleted => ("deleted_before_read", None),
                     crate::tail::GapReason::Truncated => ("truncated", None),
-                    crate::tail::GapReason::TooManyRotated => ("too_many_rotated", None),
                     crate::tail::GapReason::Unreadable(e) => ("unreadable", Some(e.as_str())),
                     crate::tail::GapReason::Unseen { files } => {
                         unseen = format!("{files} file(s) rotated and deleted unseen");
@@ -492,7 +491,7 @@ impl Pipeline {
         let (tailer, problem) =
             Tailer::open(tc).map_err(|e| format!("{}: {e}", logfile.filepath))?;
         match problem {
-            Some(crate::tail::checkpoint::LoadProblem::Missing) => log::info!(
+            Some(crate::tail::cursor::LoadProblem::Missing) => log::info!(
                 "{}: no checkpoint yet (state {id}); starting at the {}",
                 logfile.filepath,
                 match cfg.start_at {
@@ -500,7 +499,7 @@ impl Pipeline {
                     crate::tail::StartAt::End => "end",
                 }
             ),
-            Some(crate::tail::checkpoint::LoadProblem::Corrupt { reason, moved_to }) => {
+            Some(crate::tail::cursor::LoadProblem::Corrupt { reason, moved_to }) => {
                 log::error!(
                     "{}: checkpoint damaged ({reason}); moved to {}; starting over",
                     logfile.filepath,

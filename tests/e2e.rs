@@ -1255,8 +1255,8 @@ fn check_state_intact(state: &Path, stopped: bool) -> usize {
             let _ = std::fs::remove_dir_all(&copy);
             std::fs::create_dir_all(&copy).unwrap();
             std::fs::copy(&path, copy.join(&name)).unwrap();
-            let (_, problem) =
-                kube_audit_shipper::tail::checkpoint::Checkpoints::load(&copy, &name).unwrap();
+            let (_, _, problem) =
+                kube_audit_shipper::tail::cursor::Cursors::load(&copy, &name).unwrap();
             assert!(problem.is_none(), "{}: {problem:?}", path.display());
         }
     }

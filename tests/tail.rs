@@ -396,7 +396,9 @@ fn down_while_backups_are_pruned_reports_exactly_the_bytes_destroyed() {
             path: PathBuf::from(format!("{}.gz", w.backups[0].0.display())),
             bytes: (a_lines - 40) * 201,
             exact: true,
-            reason: GapReason::Deleted
+            reason: GapReason::Deleted,
+            lost_from: seen.gaps[0].lost_from,
+            lost_until: seen.gaps[0].lost_until,
         }]
     );
     // Everything after A arrives, once, in order: B from its start inside its .gz (it was
@@ -612,7 +614,7 @@ fn start_at_end_and_a_damaged_checkpoint() {
     let (mut t, problem) = Tailer::open(cfg.clone()).unwrap();
     assert!(matches!(
         problem,
-        Some(kube_audit_shipper::tail::checkpoint::LoadProblem::Missing)
+        Some(kube_audit_shipper::tail::cursor::LoadProblem::Missing)
     ));
     append(&log, format!("{}\n", line(5, 100)).as_bytes());
     let mut seen = Seen::default();
@@ -629,7 +631,7 @@ fn start_at_end_and_a_damaged_checkpoint() {
     let (mut t, problem) = Tailer::open(cfg.clone()).unwrap();
     assert!(matches!(
         problem,
-        Some(kube_audit_shipper::tail::checkpoint::LoadProblem::Corrupt { .. })
+        Some(kube_audit_shipper::tail::cursor::LoadProblem::Corrupt { .. })
     ));
     append(&log, format!("{}\n", line(6, 100)).as_bytes());
     let mut seen = Seen::default();
@@ -698,6 +700,8 @@ fn files_that_come_and_go_while_the_reader_stalls_are_reported() {
             bytes: 0,
             exact: false,
             reason: GapReason::Unseen { files: 2 },
+            lost_from: None,
+            lost_until: None,
         }]
     );
     let expected: Vec<u64> = (0..49).chain(147..220).collect();
