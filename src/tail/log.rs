@@ -147,17 +147,27 @@ impl Log {
 
     /// Whether the file at the start of the cursor's candidate `gen` starts like `fp`.
     pub fn confirms(names: &Names, listing: &Listing, generation: Gen, fp: Fingerprint) -> bool {
-        let (path, gz) = match generation {
-            Gen::Live(_) => (names.live_path(), false),
-            Gen::Backup(k) => match listing.get(k) {
-                Some(b) => (names.backup_path(k, b.plain.is_none()), b.plain.is_none()),
-                None => return false,
-            },
+        let candidates = match generation {
+            Gen::Live(_) => vec![(names.live_path(), false)],
+            // The plain backup may be compressed and deleted since the listing: its .gz is
+            // whole then.
+            Gen::Backup(k) if listing.get(k).is_some() => vec![
+                (names.backup_path(k, false), false),
+                (names.backup_path(k, true), true),
+            ],
+            Gen::Backup(_) => return false,
         };
-        let got = File::open(&path)
-            .and_then(|f| Source::from_file(f, gz, 0))
-            .and_then(|src| prefix(src, fp.len as usize));
-        matches!(got, Ok(Some(got)) if got == fp)
+        for (path, gz) in candidates {
+            let got = File::open(&path)
+                .and_then(|f| Source::from_file(f, gz, 0))
+                .and_then(|src| prefix(src, fp.len as usize));
+            match got {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Ok(Some(got)) => return got == fp,
+                _ => return false,
+            }
+        }
+        false
     }
 
     /// Looks at the directory, learns where open generations went, and holds new ones.
@@ -181,7 +191,11 @@ impl Log {
         {
             names.extend(FdName::of(f.as_raw_fd(), &self.names).map(|n| (r.serial, n)));
         }
-        let found = self.plan.observe(&self.listing, &names, serials);
+        let (dir_names, listing) = (&self.names, &self.listing);
+        let mut confirm = |g, fp| Log::confirms(dir_names, listing, g, fp);
+        let found = self
+            .plan
+            .observe(&self.listing, &names, &mut confirm, serials);
         for serial in &found {
             log::debug!(
                 "{}: new generation {:?} (serial {serial})",
@@ -193,7 +207,7 @@ impl Log {
     }
 
     /// Opens and holds the oldest generations not open yet, up to `max_held` descriptors.
-    fn hold(&mut self, max_held: usize, access: &mut Access) {
+    pub fn hold(&mut self, max_held: usize, access: &mut Access) {
         let reading = self.reader.as_ref().map(|r| r.serial);
         let waiting: Vec<u64> = self
             .plan

@@ -411,9 +411,16 @@ impl Tailer {
                 let confirm =
                     |generation, fp| Log::confirms(&names, &listing, generation, fp);
                 let fp = saved.cursor.as_ref().map(|c| c.fp);
-                let mut by_fp = |g| fp.is_none_or(|fp| confirm(g, fp));
+                let mut by_fp = |g| {
+                    let yes = fp.is_none_or(|fp| confirm(g, fp));
+                    ::log::debug!("{}: is {g:?} the cursor's (fingerprint {fp:?})? {yes}", path.display());
+                    yes
+                };
+                ::log::debug!("{}: resuming at {:?}", path.display(), saved.cursor);
                 let (plan, lost) = LogPlan::resume(saved, &listing, &mut by_fp, &mut self.serials);
-                let log = Log::new(names.clone(), plan, listing.clone(), self.cfg.max_line);
+                let mut log = Log::new(names.clone(), plan, listing.clone(), self.cfg.max_line);
+                // Held at once: a rotation must not take the cursor's file away unseen.
+                log.hold(self.cfg.max_rotated_open, &mut self.access);
                 if let Some(lost) = lost {
                     let gap = log.gap(&lost, GapReason::Deleted, log::now_micros());
                     self.gaps.push(gap);
@@ -432,8 +439,9 @@ impl Tailer {
             None => LogPlan::first_start(&listing, FirstStart::Beginning, &mut self.serials),
         };
         ::log::debug!("following {} ({} backups there)", path.display(), listing.backups.len());
-        self.logs
-            .push(Log::new(names, plan, listing, self.cfg.max_line));
+        let mut log = Log::new(names, plan, listing, self.cfg.max_line);
+        log.hold(self.cfg.max_rotated_open, &mut self.access);
+        self.logs.push(log);
     }
 
     /// Reads what is new and hands it to `on`, oldest generation first. While paused it reads

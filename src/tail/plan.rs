@@ -340,6 +340,7 @@ impl LogPlan {
         &mut self,
         listing: &Listing,
         names: &[(u64, FdName)],
+        confirm: &mut dyn FnMut(Gen, Fingerprint) -> bool,
         serials: &mut Serials,
     ) -> Vec<u64> {
         for &(serial, name) in names {
@@ -356,6 +357,7 @@ impl LogPlan {
                 s.key = Some(b.key);
             }
         }
+        self.find_rotated(listing, confirm);
         let mut added = Vec::new();
         let oldest_known = self.known.first().copied();
         for b in &listing.backups {
@@ -379,6 +381,28 @@ impl LogPlan {
         self.found += added.len() as u64;
         self.forget_pruned(listing);
         added
+    }
+
+    /// A live generation rotated before its descriptor was opened (or with `/proc` unread)
+    /// has no key yet: it is the oldest unknown key not followed, confirmed by its start.
+    fn find_rotated(&mut self, listing: &Listing, confirm: &mut dyn FnMut(Gen, Fingerprint) -> bool) {
+        let live = listing.live.map(|(ino, _)| ino);
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.key.is_some() || s.end.is_some() || s.ino.is_none() || s.ino == live {
+                continue;
+            }
+            let fp = s.fp;
+            let found = listing
+                .backups
+                .iter()
+                .filter(|b| !self.is_known(b.key) && !self.follows(b))
+                .map(|b| b.key)
+                .find(|&k| confirm(Gen::Backup(k), fp));
+            if let Some(k) = found {
+                self.slots[i].key = Some(k);
+            }
+        }
     }
 
     /// Inserts a backup found by a listing in key order, but never before a generation
