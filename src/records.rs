@@ -11,7 +11,10 @@
 //!   "lost_bytes":1048576,"exact":false,"detected_at":"2026-11-24T14:40:02.120000Z"}}
 //! ```
 //!
-//! `reason` is one of `deleted_before_read` (rotated away and pruned before it was read),
+//! `reason` is one of `deleted_before_read` (rotated away and pruned before it was read; after
+//! downtime also with `lost_from`/`lost_until`: every event of that log with a
+//! `requestReceivedTimestamp` in this window that did not arrive is covered, since other
+//! backups may have been pruned unseen with it),
 //! `deleted_unseen` (files created, rotated and pruned while the reader was stalled, never
 //! seen; `lost_bytes` 0 means unknown, the count is in `detail`),
 //! `truncated` (copytruncate), `too_many_rotated`, `unreadable`, `line_too_long` (a line over
@@ -52,6 +55,9 @@ pub struct Loss<'a> {
     pub offset: Option<u64>,
     /// When the lost events happened, if known (unix µs).
     pub first_event_at: Option<i64>,
+    /// Generations lost while the shipper was down: every event of the file's log with a
+    /// time in `from..=until` (unix µs; `from` unknown when `None`) that did not arrive.
+    pub window: Option<(Option<i64>, i64)>,
     pub detail: Option<&'a str>,
 }
 
@@ -66,10 +72,20 @@ pub fn gap(out: &mut Vec<u8>, host: &str, loss: &Loss<'_>, now_micros: i64) {
             loss.bytes
         ),
     };
-    let message = format!(
+    let mut message = format!(
         "kube-audit-shipper on {host}: {what} of {file} lost ({})",
         loss.reason.replace('_', " ")
     );
+    if let Some((from, until)) = loss.window {
+        let from = from.map_or("an unknown time".to_string(), format_micros);
+        let _ = std::fmt::Write::write_fmt(
+            &mut message,
+            format_args!(
+                ", with any other events of this log from {from} to {}",
+                format_micros(until)
+            ),
+        );
+    }
     out.extend_from_slice(b"{\"kind\":\"KubeAuditShipperGap\",\"message\":");
     json_string(out, &message, usize::MAX);
     out.extend_from_slice(b",\"kube_audit_shipper\":{\"record\":\"gap\",\"reason\":");
@@ -91,6 +107,12 @@ pub fn gap(out: &mut Vec<u8>, host: &str, loss: &Loss<'_>, now_micros: i64) {
     }
     if let Some(t) = loss.first_event_at {
         let _ = write!(out, ",\"first_event_at\":\"{}\"", format_micros(t));
+    }
+    if let Some((from, until)) = loss.window {
+        if let Some(from) = from {
+            let _ = write!(out, ",\"lost_from\":\"{}\"", format_micros(from));
+        }
+        let _ = write!(out, ",\"lost_until\":\"{}\"", format_micros(until));
     }
     if let Some(d) = loss.detail {
         out.extend_from_slice(b",\"detail\":");
@@ -162,6 +184,7 @@ mod tests {
             events: Some(42),
             offset: None,
             first_event_at: Some(1_795_000_000_000_000),
+            window: None,
             detail: None,
         };
         gap(&mut out, "node-1", &loss, 1_795_000_100_000_000);
@@ -173,6 +196,38 @@ mod tests {
         assert_eq!(k["file"], "/var/log/k\"8s/audit.log");
         assert!(v["message"].as_str().unwrap().contains("42 events"));
         assert!(k["first_event_at"].as_str().unwrap().starts_with("2026-"));
+    }
+
+    #[test]
+    fn a_gap_after_downtime_names_its_time_window() {
+        let mut out = Vec::new();
+        let loss = Loss {
+            reason: "deleted_before_read",
+            file: Path::new("/var/log/audit/audit-2026-11-24T14-35-36.770.log.gz"),
+            bytes: 1200,
+            exact: true,
+            events: None,
+            offset: None,
+            first_event_at: None,
+            window: Some((Some(1_795_000_000_000_000), 1_795_000_060_000_000)),
+            detail: None,
+        };
+        gap(&mut out, "node-1", &loss, 1_795_000_100_000_000);
+        let v = json(&out);
+        let k = &v["kube_audit_shipper"];
+        assert_eq!(k["lost_from"], "2026-11-18T11:06:40.000000Z");
+        assert_eq!(k["lost_until"], "2026-11-18T11:07:40.000000Z");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains("from 2026-11-18T11:06:40"), "{message}");
+        out.clear();
+        let unknown_start = Loss {
+            window: Some((None, 1_795_000_060_000_000)),
+            ..loss
+        };
+        gap(&mut out, "node-1", &unknown_start, 1_795_000_100_000_000);
+        let v = json(&out);
+        assert!(v["kube_audit_shipper"].get("lost_from").is_none());
+        assert!(v["message"].as_str().unwrap().contains("an unknown time"));
     }
 
     #[test]

@@ -227,6 +227,7 @@ impl Stage {
                     events: Some(1),
                     offset: Some(offset),
                     first_event_at: None,
+                    window: None,
                     detail: None,
                 };
                 self.record(&loss, Some((pos.serial, offset, pos.end)));
@@ -252,6 +253,7 @@ impl Stage {
                     events: None,
                     offset: None,
                     first_event_at: None,
+                    window: gap.lost_until.map(|until| (gap.lost_from, until)),
                     detail,
                 };
                 self.record(&loss, None);
@@ -324,7 +326,11 @@ impl Stage {
         self.m.gap_records.inc();
         self.add(
             Class::Critical,
-            Some(loss.first_event_at.unwrap_or(now)),
+            Some(
+                loss.first_event_at
+                    .or(loss.window.and_then(|w| w.0))
+                    .unwrap_or(now),
+            ),
             mark,
             false,
         );
@@ -443,6 +449,7 @@ impl Stage {
                     events: Some(u64::from(seg.events)),
                     offset: None,
                     first_event_at: seg.earliest,
+                    window: None,
                     detail: Some(&name),
                 };
                 self.record(&loss, None);

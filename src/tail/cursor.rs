@@ -62,7 +62,10 @@ pub enum Loaded {
     Nothing,
     Cursors(Vec<(PathBuf, Saved)>),
     /// The previous format, with its save time, to [`upgrade`] against the directory.
-    V1 { saved_at: i64, entries: Vec<V1Entry> },
+    V1 {
+        saved_at: i64,
+        entries: Vec<V1Entry>,
+    },
 }
 
 pub struct Cursors {
@@ -139,9 +142,7 @@ pub fn upgrade(entries: &[V1Entry], saved_at: i64, names: &Names, disk: &[(Key, 
     let unread: Vec<Key> = unfinished.iter().filter_map(|e| key_of(e)).collect();
     let mut known: Vec<Key> = disk
         .iter()
-        .filter(|(k, mtime)| {
-            !unread.contains(k) && (named.contains(k) || *mtime < saved_at)
-        })
+        .filter(|(k, mtime)| !unread.contains(k) && (named.contains(k) || *mtime < saved_at))
         .map(|(k, _)| *k)
         .collect();
     known.extend(mine.iter().filter(|e| e.done).filter_map(|e| key_of(e)));
@@ -361,10 +362,16 @@ mod tests {
                 committed: 500,
                 size_seen: 900,
                 final_size: false,
-                fp: Fingerprint { len: 300, hash: 0xabc },
+                fp: Fingerprint {
+                    len: 300,
+                    hash: 0xabc,
+                },
                 last_time: Some(1_795_000_000_000_000),
             }),
-            known: vec![key("2026-11-24T14-35-36.770"), key("2026-11-24T14-35-37.001")],
+            known: vec![
+                key("2026-11-24T14-35-36.770"),
+                key("2026-11-24T14-35-37.001"),
+            ],
         };
         let b = Saved {
             cursor: Some(Cursor {
@@ -380,9 +387,7 @@ mod tests {
         let c = Saved::default();
         let pa = PathBuf::from("/var/log/kube apiserver/audit%.log");
         let (pb, pc) = (PathBuf::from("/b/audit.log"), PathBuf::from("/c/audit.log"));
-        store
-            .save(42, &[(&pa, &a), (&pb, &b), (&pc, &c)])
-            .unwrap();
+        store.save(42, &[(&pa, &a), (&pb, &b), (&pc, &c)]).unwrap();
         let (_, loaded, problem) = Cursors::load(&dir, "c").unwrap();
         assert!(problem.is_none());
         match loaded {
@@ -435,7 +440,11 @@ mod tests {
         );
         let fp = Fingerprint { len: 1024, hash: 9 };
         let entry = |path: &str, committed, done| V1Entry {
-            id: FileId { dev: 1, ino: committed, fp },
+            id: FileId {
+                dev: 1,
+                ino: committed,
+                fp,
+            },
             committed,
             size_seen: 5000,
             final_size: true,
@@ -452,7 +461,10 @@ mod tests {
         let disk = [(k1, 10), (k2, 20), (k3, 30), (k4, 200)];
         let saved = upgrade(&entries, 100, &names, &disk);
         let c = saved.cursor.unwrap();
-        assert_eq!((c.generation, c.committed, c.fp), (Gen::Backup(k3), 1200, fp));
+        assert_eq!(
+            (c.generation, c.committed, c.fp),
+            (Gen::Backup(k3), 1200, fp)
+        );
         assert_eq!(saved.known, vec![k1, k2]);
     }
 }

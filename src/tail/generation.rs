@@ -222,7 +222,10 @@ mod tests {
         ] {
             assert_eq!(n.classify(other), None, "{other}");
         }
-        assert_eq!(n.backup_path(k, true), Path::new("/var/log/audit/audit-2026-11-24T14-35-36.770.log.gz"));
+        assert_eq!(
+            n.backup_path(k, true),
+            Path::new("/var/log/audit/audit-2026-11-24T14-35-36.770.log.gz")
+        );
     }
 
     #[test]
@@ -243,7 +246,10 @@ mod tests {
         let k = key("2026-11-24T14-35-36.770");
         let at = |s: &str| FdName::from_target(Path::new(s), &n);
         assert_eq!(at("/logs/audit.log"), FdName::Live);
-        assert_eq!(at("/logs/audit-2026-11-24T14-35-36.770.log"), FdName::Backup(k));
+        assert_eq!(
+            at("/logs/audit-2026-11-24T14-35-36.770.log"),
+            FdName::Backup(k)
+        );
         // Deleted after its .gz was written: still that generation.
         assert_eq!(
             at("/logs/audit-2026-11-24T14-35-36.770.log (deleted)"),

@@ -39,7 +39,12 @@ impl Reader {
     }
 
     fn plain_len(&self) -> Option<u64> {
-        self.lines.get_ref().plain()?.metadata().ok().map(|m| m.len())
+        self.lines
+            .get_ref()
+            .plain()?
+            .metadata()
+            .ok()
+            .map(|m| m.len())
     }
 }
 
@@ -115,7 +120,10 @@ pub fn fingerprint_path(path: &Path, gz: bool) -> io::Result<Fingerprint> {
     }
     let mut src = Source::from_file(f, true, 0)?;
     let mut buf = Vec::with_capacity(FINGERPRINT_LEN);
-    io::Read::read_to_end(&mut io::Read::take(&mut src, FINGERPRINT_LEN as u64), &mut buf)?;
+    io::Read::read_to_end(
+        &mut io::Read::take(&mut src, FINGERPRINT_LEN as u64),
+        &mut buf,
+    )?;
     Ok(Fingerprint::of(&buf))
 }
 
@@ -283,7 +291,10 @@ impl Log {
             fingerprint_file(&h.file)?
         };
         let source = Source::from_file(h.file, h.gz, start)?;
-        log::debug!("reading {} from byte {start} (serial {serial})", h.path.display());
+        log::debug!(
+            "reading {} from byte {start} (serial {serial})",
+            h.path.display()
+        );
         if self.plan.slot(serial).is_some_and(|s| s.fp.len < fp.len) {
             self.plan.set_fp(serial, fp);
         }
@@ -391,7 +402,9 @@ impl Log {
                     Ok(None) => {
                         // The live name leads elsewhere: learn where ours went first.
                         self.observe(serials, max_held, access);
-                        if self.reader.is_none() && self.open_reader(serial).ok().flatten().is_none() {
+                        if self.reader.is_none()
+                            && self.open_reader(serial).ok().flatten().is_none()
+                        {
                             self.give_up(serial, GapReason::Deleted, on);
                         }
                         continue;
@@ -446,13 +459,31 @@ impl Log {
             }
             match r.lines.next_item()? {
                 None => break true,
-                Some(item) => {
-                    deliver(item, r.serial, &r.path, true, on, polled, &mut r.next_sample, &mut self.times)
-                }
+                Some(item) => deliver(
+                    item,
+                    r.serial,
+                    &r.path,
+                    true,
+                    on,
+                    polled,
+                    &mut r.next_sample,
+                    &mut self.times,
+                ),
             }
         };
         let size = r.plain_len().unwrap_or(0);
         self.plan.read(r.serial, r.consumed(), size);
+        // The fingerprint grows with the file until it covers FINGERPRINT_LEN bytes: a
+        // cursor is recognised by its start only once that start can tell files apart.
+        if let Some(f) = r.lines.get_ref().plain()
+            && self
+                .plan
+                .slot(r.serial)
+                .is_some_and(|s| (s.fp.len as u64) < size.min(FINGERPRINT_LEN as u64))
+            && let Ok(fp) = fingerprint_file(f)
+        {
+            self.plan.set_fp(r.serial, fp);
+        }
         Ok(at_end)
     }
 
@@ -473,7 +504,11 @@ impl Log {
             log::debug!("{} truncated; read again from 0", r.path.display());
             self.reader = None;
             if let Some((lost, _)) = self.plan.truncated(serial, serials) {
-                on(TailEvent::Gap(self.gap(&lost, GapReason::Truncated, now_micros())));
+                on(TailEvent::Gap(self.gap(
+                    &lost,
+                    GapReason::Truncated,
+                    now_micros(),
+                )));
             }
             return Ok(true);
         }
@@ -483,7 +518,9 @@ impl Log {
             .plain()
             .and_then(|f| FdName::of(f.as_raw_fd(), &self.names));
         let live = if name.is_none() {
-            fs::metadata(self.names.live_path()).ok().map(|m| dev_ino(&m))
+            fs::metadata(self.names.live_path())
+                .ok()
+                .map(|m| dev_ino(&m))
         } else {
             None
         };
@@ -493,10 +530,28 @@ impl Log {
                 // Complete: what is there now is all there is.
                 let times = &mut self.times;
                 while let Some(item) = r.lines.next_item()? {
-                    deliver(item, serial, &r.path, true, on, polled, &mut r.next_sample, times);
+                    deliver(
+                        item,
+                        serial,
+                        &r.path,
+                        true,
+                        on,
+                        polled,
+                        &mut r.next_sample,
+                        times,
+                    );
                 }
                 if let Some(item) = r.lines.take_partial() {
-                    deliver(item, serial, &r.path, false, on, polled, &mut r.next_sample, times);
+                    deliver(
+                        item,
+                        serial,
+                        &r.path,
+                        false,
+                        on,
+                        polled,
+                        &mut r.next_sample,
+                        times,
+                    );
                 }
                 let end = r.lines.offset();
                 log::debug!("{} read to its end ({end} bytes); left", r.path.display());

@@ -168,9 +168,10 @@ impl std::fmt::Display for Gap {
             self.bytes
         )?;
         if let Some(until) = self.lost_until {
-            let from = self
-                .lost_from
-                .map_or("an unknown time".to_string(), crate::timestamp::format_micros);
+            let from = self.lost_from.map_or(
+                "an unknown time".to_string(),
+                crate::timestamp::format_micros,
+            );
             write!(
                 f,
                 "; with any other events of this log from {from} to {}",
@@ -408,12 +409,14 @@ impl Tailer {
         };
         let plan = match stored {
             Some(saved) => {
-                let confirm =
-                    |generation, fp| Log::confirms(&names, &listing, generation, fp);
+                let confirm = |generation, fp| Log::confirms(&names, &listing, generation, fp);
                 let fp = saved.cursor.as_ref().map(|c| c.fp);
                 let mut by_fp = |g| {
                     let yes = fp.is_none_or(|fp| confirm(g, fp));
-                    ::log::debug!("{}: is {g:?} the cursor's (fingerprint {fp:?})? {yes}", path.display());
+                    ::log::debug!(
+                        "{}: is {g:?} the cursor's (fingerprint {fp:?})? {yes}",
+                        path.display()
+                    );
                     yes
                 };
                 ::log::debug!("{}: resuming at {:?}", path.display(), saved.cursor);
@@ -438,7 +441,11 @@ impl Tailer {
             // A log that appeared after the first start is new: read from its start.
             None => LogPlan::first_start(&listing, FirstStart::Beginning, &mut self.serials),
         };
-        ::log::debug!("following {} ({} backups there)", path.display(), listing.backups.len());
+        ::log::debug!(
+            "following {} ({} backups there)",
+            path.display(),
+            listing.backups.len()
+        );
         let mut log = Log::new(names, plan, listing, self.cfg.max_line);
         log.hold(self.cfg.max_rotated_open, &mut self.access);
         self.logs.push(log);
@@ -502,8 +509,8 @@ impl Tailer {
                     "inotify queue overflow: a file of {} created and deleted unseen would go unreported",
                     self.cfg.pattern
                 );
-                let found: u64 = self.logs.iter().map(|l| l.plan.found).sum();
-                u.created = found + u.reported;
+                let found: i64 = self.logs.iter().map(|l| l.plan.found).sum();
+                u.created = (found + u.reported as i64).max(0) as u64;
             } else {
                 u.created += wake.created;
             }
@@ -513,11 +520,11 @@ impl Tailer {
     /// Reports generations created under the followed name that no listing has found (see
     /// [`UnseenCheck`]).
     fn check_unseen(&mut self) {
-        let found: u64 = self.logs.iter().map(|l| l.plan.found).sum();
+        let found: i64 = self.logs.iter().map(|l| l.plan.found).sum();
         let Some(u) = self.unseen.as_mut() else {
             return;
         };
-        let short = u.created.saturating_sub(found + u.reported);
+        let short = (u.created as i64 - found - u.reported as i64).max(0) as u64;
         if short == 0 {
             u.short_before = false;
             return;

@@ -85,10 +85,14 @@ pub struct Saved {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lost {
     pub generation: Gen,
+    /// Where in the generation the loss starts.
+    pub offset: u64,
     /// The rest lost: exact when `exact`, else a lower bound.
     pub bytes: u64,
     pub exact: bool,
     pub truncated: bool,
+    /// The generation itself may be whole (it was read on): only the window is reported.
+    pub only_window: bool,
     /// Other generations may have gone with it: the loss is also the time window from
     /// this (unix µs, `None` if unknown) to the first event of `next`.
     pub window_from: Option<Option<i64>>,
@@ -183,8 +187,9 @@ pub struct LogPlan {
     known: Vec<Key>,
     /// The cursor of the last generation settled, kept when no other follows it.
     last_settled: Option<Cursor>,
-    /// Generations found by [`LogPlan::observe`] (new live files, unknown keys).
-    pub found: u64,
+    /// Generations found by [`LogPlan::observe`] (new live files, unknown keys), less those
+    /// forgotten (see `find_rotated`): checked against the count of files created.
+    pub found: i64,
     /// Keys found out of write order (see the module doc).
     pub anomalies: u64,
 }
@@ -196,18 +201,21 @@ fn insert_known(known: &mut Vec<Key>, key: Key) {
 }
 
 impl LogPlan {
-    /// No stored state: the backups there are history; the live file is read from its start
-    /// or its end.
+    /// No stored state. From the beginning: every backup still on disk (oldest first), then
+    /// the live file. From the end: the backups are history, the live file is read from its
+    /// current end.
     pub fn first_start(listing: &Listing, at: FirstStart, serials: &mut Serials) -> LogPlan {
-        let mut plan = LogPlan {
-            known: listing.backups.iter().map(|b| b.key).collect(),
-            ..LogPlan::default()
-        };
-        plan.known.sort_unstable();
-        if let Some((ino, size)) = listing.live {
-            let start = if at == FirstStart::End { size } else { 0 };
-            plan.slots
-                .push(Slot::new(serials.next(), None, Some(ino), start));
+        let mut plan = LogPlan::default();
+        match at {
+            FirstStart::Beginning => plan.adopt_unknown(listing, serials),
+            FirstStart::End => {
+                plan.known = listing.backups.iter().map(|b| b.key).collect();
+                plan.known.sort_unstable();
+                if let Some((ino, size)) = listing.live {
+                    plan.slots
+                        .push(Slot::new(serials.next(), None, Some(ino), size));
+                }
+            }
         }
         plan
     }
@@ -231,9 +239,32 @@ impl LogPlan {
         };
         let found = plan.find_cursor(&c, listing, confirm);
         let mut lost = None;
+        let rotated =
+            matches!(c.generation, Gen::Live(_)) && matches!(found, Some((Gen::Backup(_), _)));
+        if rotated && !c.fp.identifies() {
+            // A live file too short to be recognised, rotated while we were down: the oldest
+            // unknown key is read as it, and whatever went before that key is reported as
+            // possibly lost (the file may have been pruned, and that key be a later one).
+            lost = Some(Lost {
+                generation: c.generation,
+                offset: c.committed,
+                bytes: 0,
+                exact: false,
+                truncated: false,
+                only_window: true,
+                window_from: Some(c.last_time),
+                next: None,
+            });
+        }
         match found {
             Some((generation, truncated)) => {
-                let start = if truncated { 0 } else { c.committed };
+                // Not recognised by its start: read from 0 (at least once) rather than resume
+                // at an offset into what may be another generation.
+                let start = if truncated || (rotated && !c.fp.identifies()) {
+                    0
+                } else {
+                    c.committed
+                };
                 let (key, ino) = match generation {
                     Gen::Backup(k) => (Some(k), listing.get(k).and_then(|b| b.plain)),
                     Gen::Live(ino) => (None, Some(ino)),
@@ -241,12 +272,17 @@ impl LogPlan {
                 let mut slot = Slot::new(serials.next(), key, ino, start);
                 slot.fp = c.fp;
                 slot.last_time = c.last_time;
+                if let Some(l) = lost.as_mut() {
+                    l.next = Some(slot.serial);
+                }
                 if truncated {
                     lost = Some(Lost {
                         generation,
+                        offset: c.committed,
                         bytes: c.size_seen.saturating_sub(c.committed),
                         exact: false,
                         truncated: true,
+                        only_window: false,
                         window_from: None,
                         next: Some(slot.serial),
                     });
@@ -256,9 +292,11 @@ impl LogPlan {
             None => {
                 lost = Some(Lost {
                     generation: c.generation,
+                    offset: c.committed,
                     bytes: c.size_seen.saturating_sub(c.committed),
                     exact: c.final_size,
                     truncated: false,
+                    only_window: false,
                     window_from: Some(c.last_time),
                     next: None,
                 });
@@ -297,13 +335,17 @@ impl LogPlan {
                 }
                 // Rotated while we were down: it is one of the unknown keys (the oldest, unless
                 // the clock stepped), recognised by its start.
-                listing
+                let mut unknown = listing
                     .backups
                     .iter()
                     .filter(|b| !self.is_known(b.key))
-                    .map(|b| Gen::Backup(b.key))
-                    .find(|&g| confirm(g))
-                    .map(|g| (g, false))
+                    .map(|b| Gen::Backup(b.key));
+                if c.fp.identifies() {
+                    unknown.find(|&g| confirm(g)).map(|g| (g, false))
+                } else {
+                    // Too short to be recognised: see `resume`.
+                    unknown.next().map(|g| (g, false))
+                }
             }
         }
     }
@@ -323,7 +365,8 @@ impl LogPlan {
         if let Some((ino, _)) = listing.live
             && !self.slots.iter().any(|s| s.ino == Some(ino))
         {
-            self.slots.push(Slot::new(serials.next(), None, Some(ino), 0));
+            self.slots
+                .push(Slot::new(serials.next(), None, Some(ino), 0));
         }
     }
 
@@ -378,18 +421,33 @@ impl LogPlan {
             added.push(slot.serial);
             self.slots.push(slot);
         }
-        self.found += added.len() as u64;
+        self.found += added.len() as i64;
         self.forget_pruned(listing);
         added
     }
 
     /// A live generation rotated before its descriptor was opened (or with `/proc` unread)
-    /// has no key yet: it is the oldest unknown key not followed, confirmed by its start.
-    fn find_rotated(&mut self, listing: &Listing, confirm: &mut dyn FnMut(Gen, Fingerprint) -> bool) {
+    /// has no key yet: it is the oldest unknown key not followed, confirmed by its start. One
+    /// that cannot be recognised by its start (nothing of it read yet) is forgotten: its key,
+    /// if it is still there, is adopted as unknown and read from its start, and if it was
+    /// pruned, the count of created files reports it.
+    fn find_rotated(
+        &mut self,
+        listing: &Listing,
+        confirm: &mut dyn FnMut(Gen, Fingerprint) -> bool,
+    ) {
         let live = listing.live.map(|(ino, _)| ino);
-        for i in 0..self.slots.len() {
+        let mut i = 0;
+        while i < self.slots.len() {
             let s = &self.slots[i];
             if s.key.is_some() || s.end.is_some() || s.ino.is_none() || s.ino == live {
+                i += 1;
+                continue;
+            }
+            if !s.fp.identifies() && s.read == 0 {
+                // Counted or not (a resumed one), it is a generation still to be found.
+                self.slots.remove(i);
+                self.found -= 1;
                 continue;
             }
             let fp = s.fp;
@@ -398,10 +456,11 @@ impl LogPlan {
                 .iter()
                 .filter(|b| !self.is_known(b.key) && !self.follows(b))
                 .map(|b| b.key)
-                .find(|&k| confirm(Gen::Backup(k), fp));
+                .find(|&k| fp.identifies() && confirm(Gen::Backup(k), fp));
             if let Some(k) = found {
                 self.slots[i].key = Some(k);
             }
+            i += 1;
         }
     }
 
@@ -419,9 +478,7 @@ impl LogPlan {
             .iter()
             .rposition(|s| s.read > s.start || s.end.is_some())
             .map_or(0, |i| i + 1);
-        if by_key < floor
-            || self.known.last().is_some_and(|&k| Some(k) > key)
-        {
+        if by_key < floor || self.known.last().is_some_and(|&k| Some(k) > key) {
             self.anomalies += 1;
         }
         self.slots.insert(by_key.max(floor), slot);
@@ -509,9 +566,11 @@ impl LogPlan {
         let bytes = s.size_seen.saturating_sub(s.read);
         let lost = Lost {
             generation: s.generation(),
+            offset: s.read,
             bytes,
             exact: false,
             truncated: false,
+            only_window: false,
             window_from: None,
             next: None,
         };
@@ -528,9 +587,11 @@ impl LogPlan {
         let s = &mut self.slots[i];
         let lost = Lost {
             generation: s.generation(),
+            offset: s.read,
             bytes: s.size_seen.saturating_sub(s.read),
             exact: false,
             truncated: true,
+            only_window: false,
             window_from: None,
             next: None,
         };
@@ -563,13 +624,32 @@ impl LogPlan {
             if let Some(k) = s.key {
                 insert_known(&mut self.known, k);
             }
+            if let Some(next) = self.slots.first_mut() {
+                // The loss window of the next starts where this one ended, until it has
+                // committed events of its own.
+                next.last_time = next.last_time.or(s.last_time);
+            }
             self.last_settled = Some(cursor_of(&s));
         }
+        let cursor = match self.slots.first() {
+            // A live file that cannot be recognised by its start yet (empty, or shorter than
+            // a line) and has nothing committed is named by the generation before it: after a
+            // restart, every key after that one is unread, so it is found by its key.
+            Some(s) if unrecognisable(s) && self.last_settled.is_some() => {
+                self.last_settled.clone()
+            }
+            Some(s) => Some(cursor_of(s)),
+            None => self.last_settled.clone(),
+        };
         Saved {
-            cursor: self.slots.first().map(cursor_of).or(self.last_settled.clone()),
+            cursor,
             known: self.known.clone(),
         }
     }
+}
+
+fn unrecognisable(s: &Slot) -> bool {
+    s.key.is_none() && s.committed == 0 && !s.fp.identifies()
 }
 
 fn cursor_of(s: &Slot) -> Cursor {
