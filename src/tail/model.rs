@@ -20,6 +20,11 @@ use super::generation::{FdName, Key};
 use super::plan::{Eof, FirstStart, Gen, Listed, Listing, LogPlan, Lost, Saved, Serials};
 use std::collections::HashMap;
 
+/// A generation waiting to be held: (serial, key, inode).
+type Waiting = (u64, Option<Key>, Option<(u64, u64)>);
+/// A slot as traces show it: (serial, key, inode, read, end).
+type SlotView = (u64, Option<Key>, Option<u64>, u64, Option<u64>);
+
 /// Bytes per line in the model.
 const L: u64 = 8;
 
@@ -343,7 +348,7 @@ impl Reader {
         let ino = w.generation(lost.generation);
         let lines = &w.content[ino];
         let len = lines.len() as u64 * L;
-        if lost.offset % L != 0 || lost.offset > len {
+        if !lost.offset.is_multiple_of(L) || lost.offset > len {
             return Err(format!("loss at offset {} of {len} bytes", lost.offset));
         }
         if lost.exact && lost.bytes != len - lost.offset {
@@ -389,7 +394,7 @@ impl Reader {
     /// Opens and holds waiting generations, oldest first.
     fn hold(&mut self, w: &Writer) {
         let reading = self.reading.map(|r| r.0);
-        let waiting: Vec<(u64, Option<Key>, Option<(u64, u64)>)> = self
+        let waiting: Vec<Waiting> = self
             .plan
             .slots
             .iter()
@@ -437,7 +442,7 @@ impl Reader {
         }
     }
 
-    fn slots(&self) -> Vec<(u64, Option<Key>, Option<u64>, u64, Option<u64>)> {
+    fn slots(&self) -> Vec<SlotView> {
         self.plan
             .slots
             .iter()

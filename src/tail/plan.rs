@@ -169,7 +169,7 @@ pub enum Eof {
 pub struct Serials(u64);
 
 impl Serials {
-    pub fn next(&mut self) -> u64 {
+    pub fn take(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }
@@ -213,7 +213,7 @@ impl LogPlan {
                 plan.known.sort_unstable();
                 if let Some((ino, size)) = listing.live {
                     plan.slots
-                        .push(Slot::new(serials.next(), None, Some(ino), size));
+                        .push(Slot::new(serials.take(), None, Some(ino), size));
                 }
             }
         }
@@ -269,7 +269,7 @@ impl LogPlan {
                     Gen::Backup(k) => (Some(k), listing.get(k).and_then(|b| b.plain)),
                     Gen::Live(ino) => (None, Some(ino)),
                 };
-                let mut slot = Slot::new(serials.next(), key, ino, start);
+                let mut slot = Slot::new(serials.take(), key, ino, start);
                 slot.fp = c.fp;
                 slot.last_time = c.last_time;
                 if let Some(l) = lost.as_mut() {
@@ -358,7 +358,7 @@ impl LogPlan {
     fn adopt_unknown(&mut self, listing: &Listing, serials: &mut Serials) {
         for b in &listing.backups {
             if !self.is_known(b.key) && !self.follows(b) {
-                let slot = Slot::new(serials.next(), Some(b.key), b.plain, 0);
+                let slot = Slot::new(serials.take(), Some(b.key), b.plain, 0);
                 self.slots.push(slot);
             }
         }
@@ -366,7 +366,7 @@ impl LogPlan {
             && !self.slots.iter().any(|s| s.ino == Some(ino))
         {
             self.slots
-                .push(Slot::new(serials.next(), None, Some(ino), 0));
+                .push(Slot::new(serials.take(), None, Some(ino), 0));
         }
     }
 
@@ -410,14 +410,14 @@ impl LogPlan {
             if self.known.len() >= MAX_KNOWN && oldest_known.is_some_and(|o| b.key < o) {
                 continue;
             }
-            let slot = Slot::new(serials.next(), Some(b.key), b.plain, 0);
+            let slot = Slot::new(serials.take(), Some(b.key), b.plain, 0);
             added.push(slot.serial);
             self.place(slot);
         }
         if let Some((ino, _)) = listing.live
             && !self.slots.iter().any(|s| s.ino == Some(ino))
         {
-            let slot = Slot::new(serials.next(), None, Some(ino), 0);
+            let slot = Slot::new(serials.take(), None, Some(ino), 0);
             added.push(slot.serial);
             self.slots.push(slot);
         }
@@ -596,7 +596,7 @@ impl LogPlan {
             next: None,
         };
         s.end = Some(s.read);
-        let again = Slot::new(serials.next(), None, s.ino, 0);
+        let again = Slot::new(serials.take(), None, s.ino, 0);
         let new_serial = again.serial;
         self.slots.insert(i + 1, again);
         Some((lost, new_serial))
