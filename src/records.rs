@@ -51,7 +51,8 @@ pub struct Loss<'a> {
     pub exact: bool,
     /// Events lost, when known (evicted batches).
     pub events: Option<u64>,
-    /// Offset in the file, when the loss is one place (a too-long line).
+    /// Offset in the file where the loss starts (a too-long line, the unread rest of a
+    /// deleted or truncated file).
     pub offset: Option<u64>,
     /// When the lost events happened, if known (unix µs).
     pub first_event_at: Option<i64>,

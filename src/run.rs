@@ -251,7 +251,8 @@ impl Stage {
                     bytes: gap.bytes,
                     exact: gap.exact,
                     events: None,
-                    offset: None,
+                    offset: (!matches!(gap.reason, crate::tail::GapReason::Unseen { .. }))
+                        .then_some(gap.offset),
                     first_event_at: None,
                     window: gap.lost_until.map(|until| (gap.lost_from, until)),
                     detail,

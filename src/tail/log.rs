@@ -329,6 +329,7 @@ impl Log {
         });
         Gap {
             path,
+            offset: lost.offset,
             bytes: lost.bytes,
             exact: lost.exact,
             reason: if lost.truncated {

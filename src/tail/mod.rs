@@ -123,7 +123,9 @@ pub enum TailEvent<'a> {
 pub struct Gap {
     /// The generation the loss happened to (a backup's last name, or the live name).
     pub path: PathBuf,
-    /// Unread bytes of it lost (a lower bound when `exact` is false).
+    /// Where in it the loss starts (its uncompressed content).
+    pub offset: u64,
+    /// Unread bytes of it lost from there (a lower bound when `exact` is false).
     pub bytes: u64,
     pub exact: bool,
     pub reason: GapReason,
@@ -538,6 +540,7 @@ impl Tailer {
         u.short_before = false;
         self.gaps.push(Gap {
             path: PathBuf::from(&self.cfg.pattern),
+            offset: 0,
             bytes: 0,
             exact: false,
             reason: GapReason::Unseen { files: short },
