@@ -1092,11 +1092,12 @@ fn down_for_more_rotations_than_backups_kept_every_loss_is_reported() {
     }
 }
 
+/// One entry of the previous format: dev, ino, fingerprint length and hash, committed, size
+/// seen, final, done, path.
+type V1Entry<'a> = (u64, u64, u32, u64, u64, u64, bool, bool, &'a Path);
+
 /// A checkpoint file of the previous format, as the previous tailer wrote it.
-fn v1_checkpoint(
-    saved_at: i64,
-    entries: &[(u64, u64, u32, u64, u64, u64, bool, bool, &Path)],
-) -> Vec<u8> {
+fn v1_checkpoint(saved_at: i64, entries: &[V1Entry<'_>]) -> Vec<u8> {
     use std::fmt::Write as _;
     let mut s = format!("kube-audit-shipper checkpoints 1\nsaved {saved_at}\n");
     for (dev, ino, fp_len, fp_hash, committed, size, fin, done, path) in entries {

@@ -10,43 +10,18 @@
 //!   say when its last committed event happened (the start of a loss window).
 
 use super::access::{Access, Unreadable};
-use super::file::{FINGERPRINT_LEN, Fingerprint, Source, dev_ino, fingerprint_file, prefix};
-use super::generation::{FdName, Named, Names};
-use super::plan::{Eof, Gen, Listed, Listing, LogPlan, Lost, Serials};
+use super::file::{FINGERPRINT_LEN, Source, dev_ino, fingerprint_file};
+use super::generation::{FdName, Names};
+use super::listing::{confirms, event_time, fingerprint_path, list};
+use super::plan::{Eof, Gen, Listing, LogPlan, Lost, Serials};
+use super::reader::{Reader, deliver, now_micros};
 use super::{Gap, GapReason, Polled, Position, TailEvent};
 use crate::lines::{Item, LineReader};
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-
-/// An event's time is noted at most once per this many bytes read.
-const TIME_SAMPLE_EVERY: u64 = 64 * 1024;
-
-/// The generation being read.
-struct Reader {
-    serial: u64,
-    path: PathBuf,
-    gz: bool,
-    lines: LineReader<Source>,
-    next_sample: u64,
-}
-
-impl Reader {
-    fn consumed(&self) -> u64 {
-        self.lines.offset() + self.lines.pending()
-    }
-
-    fn plain_len(&self) -> Option<u64> {
-        self.lines
-            .get_ref()
-            .plain()?
-            .metadata()
-            .ok()
-            .map(|m| m.len())
-    }
-}
+use std::path::PathBuf;
 
 /// A descriptor held for a generation not being read yet.
 struct Held {
@@ -65,66 +40,6 @@ pub struct Log {
     times: VecDeque<(u64, u64, i64)>,
     listing: Listing,
     max_line: usize,
-}
-
-/// Where the time of an audit event is, and how it starts.
-const TIME_KEY: &[u8] = b"\"requestReceivedTimestamp\":\"";
-
-/// The `requestReceivedTimestamp` of an audit event line, if it has one.
-pub fn event_time(line: &[u8]) -> Option<i64> {
-    let at = memchr::memmem::find(line, TIME_KEY)? + TIME_KEY.len();
-    let rest = &line[at..];
-    let end = memchr::memchr(b'"', rest)?;
-    crate::timestamp::parse_micros(std::str::from_utf8(&rest[..end]).ok()?)
-}
-
-/// Lists a log's directory: the live file first, then the backups (a rotation in between
-/// shows the renamed file under its key, never under neither name).
-pub fn list(names: &Names) -> io::Result<Listing> {
-    let live = match fs::metadata(names.live_path()) {
-        Ok(m) if m.is_file() => Some((dev_ino(&m), m.len())),
-        Ok(_) => None,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let mut backups: Vec<Listed> = Vec::new();
-    for entry in fs::read_dir(&names.dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(Named::Backup { key, gz }) = name.to_str().and_then(|n| names.classify(n)) else {
-            continue;
-        };
-        let plain = if gz {
-            None
-        } else {
-            match fs::metadata(entry.path()) {
-                Ok(m) if m.is_file() => Some(dev_ino(&m)),
-                _ => continue,
-            }
-        };
-        match backups.iter_mut().find(|b| b.key == key) {
-            Some(b) if gz => b.gz = true,
-            Some(b) => b.plain = plain,
-            None => backups.push(Listed { key, plain, gz }),
-        }
-    }
-    backups.sort_by_key(|b| b.key);
-    Ok(Listing { backups, live })
-}
-
-/// The fingerprint of a file's start (decompressed for `.gz`), over up to 1 KiB.
-pub fn fingerprint_path(path: &Path, gz: bool) -> io::Result<Fingerprint> {
-    let f = File::open(path)?;
-    if !gz {
-        return fingerprint_file(&f);
-    }
-    let mut src = Source::from_file(f, true, 0)?;
-    let mut buf = Vec::with_capacity(FINGERPRINT_LEN);
-    io::Read::read_to_end(
-        &mut io::Read::take(&mut src, FINGERPRINT_LEN as u64),
-        &mut buf,
-    )?;
-    Ok(Fingerprint::of(&buf))
 }
 
 impl Log {
@@ -154,30 +69,6 @@ impl Log {
     }
 
     /// Whether the file at the start of the cursor's candidate `gen` starts like `fp`.
-    pub fn confirms(names: &Names, listing: &Listing, generation: Gen, fp: Fingerprint) -> bool {
-        let candidates = match generation {
-            Gen::Live(_) => vec![(names.live_path(), false)],
-            // The plain backup may be compressed and deleted since the listing: its .gz is
-            // whole then.
-            Gen::Backup(k) if listing.get(k).is_some() => vec![
-                (names.backup_path(k, false), false),
-                (names.backup_path(k, true), true),
-            ],
-            Gen::Backup(_) => return false,
-        };
-        for (path, gz) in candidates {
-            let got = File::open(&path)
-                .and_then(|f| Source::from_file(f, gz, 0))
-                .and_then(|src| prefix(src, fp.len as usize));
-            match got {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Ok(Some(got)) => return got == fp,
-                _ => return false,
-            }
-        }
-        false
-    }
-
     /// Looks at the directory, learns where open generations went, and holds new ones.
     pub fn observe(&mut self, serials: &mut Serials, max_held: usize, access: &mut Access) {
         match list(&self.names) {
@@ -200,7 +91,7 @@ impl Log {
             names.extend(FdName::of(f.as_raw_fd(), &self.names).map(|n| (r.serial, n)));
         }
         let (dir_names, listing) = (&self.names, &self.listing);
-        let mut confirm = |g, fp| Log::confirms(dir_names, listing, g, fp);
+        let mut confirm = |g, fp| confirms(dir_names, listing, g, fp);
         let found = self
             .plan
             .observe(&self.listing, &names, &mut confirm, serials);
@@ -580,58 +471,5 @@ impl Log {
 
     pub fn matched(&self) -> bool {
         self.listing.live.is_some()
-    }
-}
-
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// Hands one item of generation `serial` to the pipeline, noting an event time every
-/// [`TIME_SAMPLE_EVERY`] bytes. `terminated`: it ended with a newline.
-#[allow(clippy::too_many_arguments)]
-fn deliver(
-    item: Item<'_>,
-    serial: u64,
-    path: &Path,
-    terminated: bool,
-    on: &mut impl FnMut(TailEvent<'_>),
-    polled: &mut Polled,
-    next_sample: &mut u64,
-    times: &mut VecDeque<(u64, u64, i64)>,
-) {
-    polled.lines += 1;
-    match item {
-        Item::Line(line) => {
-            polled.bytes += line.end - line.offset;
-            if line.end > *next_sample
-                && let Some(t) = event_time(&line.buf[..line.len])
-            {
-                times.push_back((serial, line.end, t));
-                *next_sample = line.end + TIME_SAMPLE_EVERY;
-            }
-            on(TailEvent::Line {
-                pos: Position {
-                    serial,
-                    end: line.end,
-                },
-                offset: line.offset,
-                len: line.len,
-                buf: line.buf,
-                path,
-            });
-        }
-        Item::TooLong { offset, len, .. } => {
-            let end = offset + len + u64::from(terminated);
-            polled.bytes += end - offset;
-            on(TailEvent::TooLong {
-                path,
-                offset,
-                len,
-                pos: Position { serial, end },
-            });
-        }
     }
 }

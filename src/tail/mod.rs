@@ -26,24 +26,30 @@
 
 pub mod access;
 pub mod cursor;
+mod discover;
+mod event;
 pub mod file;
 pub mod generation;
+mod listing;
 mod log;
 #[cfg(test)]
 mod model;
 pub mod plan;
+mod reader;
 pub mod watch;
 
 use access::{Access, Unreadable};
 use cursor::{Cursors, LoadProblem, Loaded};
 use file::Fingerprint;
-use generation::{Names, live_name_of_backup};
+use generation::Names;
 use log::Log;
 use plan::{FirstStart, LogPlan, Saved, Serials};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use watch::Watcher;
+
+pub use event::{Gap, GapReason, Polled, Position, TailEvent};
 
 /// Where to start in a file met on the very first start (no checkpoint at all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,109 +94,6 @@ impl TailConfig {
             read_budget: 4 * 1024 * 1024,
         }
     }
-}
-
-/// A line's place: its generation (a serial valid for this run) and the offset just past it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Position {
-    pub serial: u64,
-    pub end: u64,
-}
-
-/// What the tailer hands to the pipeline.
-#[derive(Debug)]
-pub enum TailEvent<'a> {
-    /// One line without its newline: `buf[..len]`, followed in `buf` by parser padding.
-    Line {
-        buf: &'a mut [u8],
-        len: usize,
-        path: &'a Path,
-        offset: u64,
-        pos: Position,
-    },
-    /// A line longer than `max_line`, skipped (its bytes were not kept).
-    TooLong {
-        path: &'a Path,
-        offset: u64,
-        len: u64,
-        pos: Position,
-    },
-    /// Bytes that will never be read.
-    Gap(Gap),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gap {
-    /// The generation the loss happened to (a backup's last name, or the live name).
-    pub path: PathBuf,
-    /// Where in it the loss starts (its uncompressed content).
-    pub offset: u64,
-    /// Unread bytes of it lost from there (a lower bound when `exact` is false).
-    pub bytes: u64,
-    pub exact: bool,
-    pub reason: GapReason,
-    /// When other generations may have been lost with it (pruned while the shipper was
-    /// down): every event of this log whose `requestReceivedTimestamp` lies in
-    /// `lost_from..=lost_until` (unix µs) and did not arrive is covered by this record.
-    /// `lost_from` is `None` when the time of the last committed event is unknown.
-    pub lost_from: Option<i64>,
-    pub lost_until: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GapReason {
-    /// The generation was deleted (pruned) before it was read to its end.
-    Deleted,
-    /// The file was truncated in place (copytruncate) past what had been read.
-    Truncated,
-    /// Reading failed.
-    Unreadable(String),
-    /// This many generations were created under the followed name, rotated and deleted
-    /// without ever being seen (the reader fell behind by more than the backups kept):
-    /// their size is unknown. Detected by counting inotify's creations of the name.
-    Unseen { files: u64 },
-}
-
-impl std::fmt::Display for Gap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let why = match &self.reason {
-            GapReason::Deleted => "deleted before it was read to its end".to_string(),
-            GapReason::Truncated => "truncated in place".to_string(),
-            GapReason::Unreadable(e) => format!("unreadable: {e}"),
-            GapReason::Unseen { files } => format!(
-                "{files} file(s) created, rotated and deleted before they could be opened \
-                 (the reader fell behind by more than the backups kept); size unknown"
-            ),
-        };
-        let bound = if self.exact { "" } else { "at least " };
-        write!(
-            f,
-            "{}: {why}; {bound}{} bytes lost",
-            self.path.display(),
-            self.bytes
-        )?;
-        if let Some(until) = self.lost_until {
-            let from = self.lost_from.map_or(
-                "an unknown time".to_string(),
-                crate::timestamp::format_micros,
-            );
-            write!(
-                f,
-                "; with any other events of this log from {from} to {}",
-                crate::timestamp::format_micros(until)
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// What one [`Tailer::poll`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Polled {
-    pub lines: u64,
-    pub bytes: u64,
-    /// The read budget ran out with data left: poll again before waiting.
-    pub more: bool,
 }
 
 /// Invariant: every generation created under the followed name after start-up is found by a
@@ -307,95 +210,10 @@ impl Tailer {
         Ok((tailer, problem))
     }
 
-    /// The directories the pattern can match in. A glob's unreadable directories are
-    /// recorded in the [`Access`].
-    fn dirs(&mut self) -> Vec<PathBuf> {
-        let text = self.dir_pattern.to_string_lossy().into_owned();
-        if !text.contains(['*', '?', '[']) {
-            return vec![self.dir_pattern.clone()];
-        }
-        let Ok(paths) = glob::glob(&text) else {
-            return Vec::new();
-        };
-        let mut dirs = Vec::new();
-        for p in paths {
-            match p {
-                Ok(p) if p.is_dir() => dirs.push(p),
-                Ok(_) => {}
-                Err(e) => self
-                    .access
-                    .unreadable
-                    .push(Unreadable::new(e.path(), e.error())),
-            }
-        }
-        if dirs.is_empty() && self.access.unreadable.is_empty() {
-            // Nothing matched: say which part of the pattern is missing or unreadable.
-            self.note_dir_problem(&access::literal_dir(Path::new(&self.cfg.pattern)));
-        }
-        dirs
-    }
-
-    /// Records why `dir` (which could not be listed) cannot be, if it cannot.
-    fn note_dir_problem(&mut self, dir: &Path) {
-        match access::diagnose_dir(dir) {
-            Some(access::DirProblem::Missing(p)) => self.access.missing.push(p),
-            Some(access::DirProblem::Unreadable(u)) => self.access.unreadable.push(u),
-            None => {}
-        }
-    }
-
-    /// The live paths of the logs in `dir`: names matching the pattern that are not a
-    /// backup of another matching name, and the logs of matching backups.
-    fn logs_in(&mut self, dir: &Path) -> Vec<PathBuf> {
-        let mut found: Vec<PathBuf> = Vec::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                ::log::debug!("cannot list {}: {e}", dir.display());
-                self.note_dir_problem(dir);
-                return found;
-            }
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let live = match live_name_of_backup(name) {
-                Some(live) if self.name.matches(&live) => live,
-                _ if self.name.matches(name) && !name.ends_with(".gz") => name.to_owned(),
-                _ => continue,
-            };
-            let path = dir.join(live);
-            if !found.contains(&path) {
-                found.push(path);
-            }
-        }
-        found
-    }
-
-    /// Finds the logs of the pattern and starts following those not followed yet.
-    fn discover(&mut self) {
-        self.access.unreadable.clear();
-        self.access.missing.clear();
-        let mut paths = Vec::new();
-        for dir in self.dirs() {
-            if let Some(w) = self.watcher.as_mut()
-                && let Err(e) = w.watch_dir(&dir)
-            {
-                ::log::debug!("cannot watch {}: {e}", dir.display());
-            }
-            paths.extend(self.logs_in(&dir));
-        }
-        for path in paths {
-            if !self.logs.iter().any(|l| l.names.live_path() == path) {
-                self.start_log(&path);
-            }
-        }
-    }
-
     /// Starts following one log: from its stored cursor, else as on a first start.
     fn start_log(&mut self, path: &Path) {
         let Some(names) = Names::of(path) else { return };
-        let listing = match log::list(&names) {
+        let listing = match listing::list(&names) {
             Ok(l) => l,
             Err(e) => {
                 self.access.unreadable.push(Unreadable::new(&names.dir, &e));
@@ -411,7 +229,7 @@ impl Tailer {
         };
         let plan = match stored {
             Some(saved) => {
-                let confirm = |generation, fp| Log::confirms(&names, &listing, generation, fp);
+                let confirm = |generation, fp| listing::confirms(&names, &listing, generation, fp);
                 let fp = saved.cursor.as_ref().map(|c| c.fp);
                 let mut by_fp = |g| {
                     let yes = fp.is_none_or(|fp| confirm(g, fp));
@@ -427,7 +245,7 @@ impl Tailer {
                 // Held at once: a rotation must not take the cursor's file away unseen.
                 log.hold(self.cfg.max_rotated_open, &mut self.access);
                 if let Some(lost) = lost {
-                    let gap = log.gap(&lost, GapReason::Deleted, log::now_micros());
+                    let gap = log.gap(&lost, GapReason::Deleted, reader::now_micros());
                     self.gaps.push(gap);
                 }
                 self.logs.push(log);
@@ -602,7 +420,7 @@ impl Tailer {
             return Ok(());
         }
         let refs: Vec<(&Path, &Saved)> = all.iter().map(|(p, s)| (p.as_path(), s)).collect();
-        self.store.save(log::now_micros(), &refs)?;
+        self.store.save(reader::now_micros(), &refs)?;
         self.last_saved = all;
         self.v1 = None;
         Ok(())

@@ -88,7 +88,11 @@ impl LogPlan {
         slot.fp = c.fp;
         slot.last_time = c.last_time;
         let lost = (truncated || unrecognised).then(|| Lost {
-            generation: if unrecognised { c.generation } else { generation },
+            generation: if unrecognised {
+                c.generation
+            } else {
+                generation
+            },
             offset: c.committed,
             bytes: if truncated {
                 c.size_seen.saturating_sub(c.committed)
