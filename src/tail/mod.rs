@@ -129,6 +129,8 @@ pub struct Tailer {
     dormant: Vec<(PathBuf, Saved)>,
     /// What was last written, to skip saves that change nothing.
     last_saved: Vec<(PathBuf, Saved)>,
+    /// A first start or an upgrade is written once even with nothing to record.
+    must_write: bool,
     /// The previous format's entries, until every log they name is followed.
     v1: Option<(i64, Vec<cursor::V1Entry>)>,
     first_start: bool,
@@ -180,8 +182,10 @@ impl Tailer {
             logs: Vec::new(),
             store,
             first_start: problem.is_some(),
+            must_write: problem.is_some() || v1.is_some(),
+            // What is stored: a start that changes nothing does not write it again.
+            last_saved: dormant.clone(),
             dormant,
-            last_saved: Vec::new(),
             v1,
             serials: Serials::default(),
             watcher,
@@ -416,19 +420,15 @@ impl Tailer {
             .map(|l| (l.names.live_path(), l.plan.settle()))
             .collect();
         all.extend(self.dormant.iter().cloned());
-        if all == self.last_saved && !self.first_start_unsaved() {
+        if all == self.last_saved && !self.must_write {
             return Ok(());
         }
         let refs: Vec<(&Path, &Saved)> = all.iter().map(|(p, s)| (p.as_path(), s)).collect();
         self.store.save(reader::now_micros(), &refs)?;
         self.last_saved = all;
         self.v1 = None;
+        self.must_write = false;
         Ok(())
-    }
-
-    /// A first start (or an upgrade) is written once even with nothing to record.
-    fn first_start_unsaved(&self) -> bool {
-        self.last_saved.is_empty() && (self.first_start || self.v1.is_some())
     }
 
     /// Number of files currently open.

@@ -87,6 +87,7 @@ impl LogPlan {
         let mut slot = Slot::new(serials.take(), key, ino, start);
         slot.fp = c.fp;
         slot.last_time = c.last_time;
+        slot.size_seen = slot.size_seen.max(c.size_seen);
         let lost = (truncated || unrecognised).then(|| Lost {
             generation: if unrecognised {
                 c.generation
@@ -125,12 +126,11 @@ impl LogPlan {
                 if let Some((live, size)) = listing.live
                     && live == ino
                 {
+                    // Same inode and same start: ours (shorter than committed: truncated in
+                    // place). Another start: the inode was freed and reused by a new file.
                     let g = Gen::Live(ino);
-                    if size < c.committed {
-                        return Some((g, true));
-                    }
                     if confirm(g) {
-                        return Some((g, false));
+                        return Some((g, size < c.committed));
                     }
                 }
                 // Rotated while we were down: it is one of the unknown keys (the oldest, unless
@@ -148,5 +148,71 @@ impl LogPlan {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::file::Fingerprint;
+    use crate::tail::generation::Key;
+    use crate::tail::plan::Listed;
+
+    fn cursor_on_live(committed: u64) -> Saved {
+        Saved {
+            cursor: Some(Cursor {
+                generation: Gen::Live((1, 5)),
+                committed,
+                size_seen: committed,
+                final_size: false,
+                fp: Fingerprint { len: 1024, hash: 7 },
+                last_time: None,
+            }),
+            known: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_reused_inode_is_not_the_cursors_file_its_start_says_so() {
+        let key = Key::parse(b"2026-11-24T14-35-36.770").unwrap();
+        let listing = Listing {
+            backups: vec![Listed {
+                key,
+                plain: Some((1, 6)),
+                gz: false,
+            }],
+            // The plain backup was deleted and its inode reused by the new live file.
+            live: Some(((1, 5), 100)),
+        };
+        let mut confirm = |g| g == Gen::Backup(key);
+        let (plan, lost) = LogPlan::resume(
+            cursor_on_live(300),
+            &listing,
+            &mut confirm,
+            &mut Serials::default(),
+        );
+        assert_eq!(lost, None);
+        let first = &plan.slots[0];
+        assert_eq!((first.key, first.start), (Some(key), 300));
+        assert_eq!(plan.slots[1].ino, Some((1, 5)));
+        assert_eq!(plan.slots[1].start, 0);
+    }
+
+    #[test]
+    fn the_same_file_shorter_than_committed_was_truncated() {
+        let listing = Listing {
+            backups: Vec::new(),
+            live: Some(((1, 5), 100)),
+        };
+        let mut confirm = |g| g == Gen::Live((1, 5));
+        let (plan, lost) = LogPlan::resume(
+            cursor_on_live(300),
+            &listing,
+            &mut confirm,
+            &mut Serials::default(),
+        );
+        let lost = lost.expect("a truncation is a loss");
+        assert!(lost.truncated && !lost.exact);
+        assert_eq!((plan.slots.len(), plan.slots[0].start), (1, 0));
     }
 }
