@@ -105,6 +105,8 @@ pub struct FileMetrics {
 pub struct Input {
     /// Files open (current and rotated).
     pub files_followed: Value,
+    /// Backups found with a key out of write order (the clock stepped backwards).
+    pub out_of_order: Value,
     /// [`InputState`] as a number.
     pub state: Value,
     /// Since when (unix µs) `state` holds.
@@ -415,6 +417,12 @@ impl Metrics {
                 "gauge",
                 "Files of the filepath open for reading (the current one and rotated ones).",
                 |f| f.input.files_followed.get(),
+            ),
+            (
+                "generations_out_of_order_total",
+                "counter",
+                "Backups whose time in the name is before one already read (the node's clock stepped back): read anyway, after the one being read.",
+                |f| f.input.out_of_order.get(),
             ),
             (
                 "input_state",

@@ -574,6 +574,7 @@ impl Pipeline {
         let also_unreadable = access.unreadable.first().cloned();
         let m = self.stage.m.clone();
         m.input.files_followed.set(access.following as u64);
+        m.input.out_of_order.set(self.tailer.anomalies());
         let was = m.input.state.get();
         let pattern = &self.name;
         let state = match &reading {

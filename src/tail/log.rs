@@ -92,9 +92,17 @@ impl Log {
         }
         let (dir_names, listing) = (&self.names, &self.listing);
         let mut confirm = |g, fp| confirms(dir_names, listing, g, fp);
+        let anomalies = self.plan.anomalies;
         let found = self
             .plan
             .observe(&self.listing, &names, &mut confirm, serials);
+        if self.plan.anomalies > anomalies {
+            log::warn!(
+                "{}: a backup's time is before one already read (did the clock step back?); \
+                 it is read now, after the file being read",
+                self.names.live_path().display()
+            );
+        }
         for serial in &found {
             log::debug!(
                 "{}: new generation {:?} (serial {serial})",
