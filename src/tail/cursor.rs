@@ -18,6 +18,7 @@
 //! cursor live <dev> <ino> <committed> <size seen> <final 0|1> <fp len> <fp hash hex> <time µs|->
 //! cursor backup <key> <committed> … (as above)       (or no cursor line: nothing read yet)
 //! known <key> <key> …                                  (keys read to their end, or history)
+//! pending <key>:<size seen>:<final 0|1> …              (keys seen after the cursor's)
 //! sum <FNV-1a 64 hex of every byte above>
 //! ```
 
@@ -148,7 +149,11 @@ pub fn upgrade(entries: &[V1Entry], saved_at: i64, names: &Names, disk: &[(Key, 
     known.extend(mine.iter().filter(|e| e.done).filter_map(|e| key_of(e)));
     known.sort_unstable();
     known.dedup();
-    Saved { cursor, known }
+    Saved {
+        cursor,
+        known,
+        pending: Vec::new(),
+    }
 }
 
 /// The live path of the log a file of the previous format belonged to.
@@ -220,6 +225,10 @@ fn render(saved_at: i64, logs: &[(&Path, &Saved)]) -> String {
             s.push(' ');
             s.push_str(k.as_str());
         }
+        s.push_str("\npending");
+        for (k, size, final_size) in &saved.pending {
+            let _ = write!(s, " {k}:{size}:{}", u8::from(*final_size));
+        }
         s.push('\n');
     }
     let sum = fnv(s.as_bytes());
@@ -274,10 +283,25 @@ fn parse_v2<'a>(lines: impl Iterator<Item = &'a str>) -> Result<Vec<(PathBuf, Sa
                 }
                 last.1.known.sort_unstable();
             }
+            "pending" => {
+                let last = logs.last_mut().ok_or_else(bad)?;
+                for p in rest.split(' ').filter(|p| !p.is_empty()) {
+                    last.1.pending.push(parse_pending(p).ok_or_else(bad)?);
+                }
+            }
             _ => return Err(bad()),
         }
     }
     Ok(logs)
+}
+
+/// `<key>:<size seen>:<final 0|1>`.
+fn parse_pending(p: &str) -> Option<(Key, u64, bool)> {
+    let mut f = p.split(':');
+    let key = Key::parse(f.next()?.as_bytes())?;
+    let size = f.next()?.parse().ok()?;
+    let final_size = f.next()? == "1";
+    f.next().is_none().then_some((key, size, final_size))
 }
 
 fn parse_cursor(rest: &str) -> Option<Cursor> {
@@ -372,6 +396,7 @@ mod tests {
                 key("2026-11-24T14-35-36.770"),
                 key("2026-11-24T14-35-37.001"),
             ],
+            pending: vec![(key("2026-11-24T14-35-38.000"), 4096, true)],
         };
         let b = Saved {
             cursor: Some(Cursor {
@@ -383,6 +408,7 @@ mod tests {
                 last_time: None,
             }),
             known: vec![],
+            pending: vec![],
         };
         let c = Saved::default();
         let pa = PathBuf::from("/var/log/kube apiserver/audit%.log");
@@ -404,6 +430,7 @@ mod tests {
         let s = Saved {
             cursor: None,
             known: vec![key("2026-11-24T14-35-36.773")],
+            pending: vec![],
         };
         store.save(1, &[(Path::new("/x/audit.log"), &s)]).unwrap();
         let good = std::fs::read(dir.join("c")).unwrap();

@@ -244,11 +244,12 @@ impl Tailer {
                     yes
                 };
                 ::log::debug!("{}: resuming at {:?}", path.display(), saved.cursor);
-                let (plan, lost) = LogPlan::resume(saved, &listing, &mut by_fp, &mut self.serials);
+                let (plan, losses) =
+                    LogPlan::resume(saved, &listing, &mut by_fp, &mut self.serials);
                 let mut log = Log::new(names.clone(), plan, listing.clone(), self.cfg.max_line);
                 // Held at once: a rotation must not take the cursor's file away unseen.
                 log.hold(self.cfg.max_rotated_open, &mut self.access);
-                if let Some(lost) = lost {
+                for lost in losses {
                     let gap = log.gap(&lost, GapReason::Deleted, reader::now_micros());
                     self.gaps.push(gap);
                 }

@@ -84,10 +84,10 @@ impl Reader {
     fn start(w: &Writer, rec: &mut Record, max_held: usize) -> Result<Reader, Failure> {
         let mut serials = Serials::default();
         let listing = w.listing();
-        let (plan, lost) = match rec.saved.clone() {
+        let (plan, losses) = match rec.saved.clone() {
             None => (
                 LogPlan::first_start(&listing, FirstStart::Beginning, &mut serials),
-                None,
+                Vec::new(),
             ),
             Some(saved) => {
                 let fp = saved.cursor.as_ref().map(|c| c.fp);
@@ -106,7 +106,7 @@ impl Reader {
             unseen_reported: 0,
             last_delivered: None,
         };
-        if let Some(lost) = lost {
+        for lost in losses {
             r.report(w, rec, &lost)?;
         }
         r.hold(w);

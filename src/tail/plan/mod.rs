@@ -79,6 +79,10 @@ pub struct Saved {
     pub cursor: Option<Cursor>,
     /// Keys read to their end and committed, or history at the first start; sorted.
     pub known: Vec<Key>,
+    /// Generations after the cursor's that were seen under a key: (key, size seen, final).
+    /// One missing at a restart was pruned while the shipper was down: its loss is reported
+    /// under its name even where the time window cannot cover it (a clock stepped back).
+    pub pending: Vec<(Key, u64, bool)>,
 }
 
 /// A generation lost before it was read to its end.
@@ -116,6 +120,8 @@ pub struct Slot {
     pub end: Option<u64>,
     pub fp: Fingerprint,
     pub last_time: Option<i64>,
+    /// Ended by a reported loss: what it had left is accounted for.
+    reported: bool,
 }
 
 impl Slot {
@@ -131,6 +137,7 @@ impl Slot {
             end: None,
             fp: Fingerprint::of(&[]),
             last_time: None,
+            reported: false,
         }
     }
 
@@ -285,6 +292,7 @@ impl LogPlan {
             next: None,
         };
         s.end = Some(s.read);
+        s.reported = true;
         Some(lost)
     }
 
@@ -351,9 +359,18 @@ impl LogPlan {
             Some(s) => Some(cursor_of(s)),
             None => self.last_settled.clone(),
         };
+        let cursor_gen = cursor.as_ref().map(|c| c.generation);
+        let pending = self
+            .slots
+            .iter()
+            .filter(|s| !s.reported)
+            .filter_map(|s| Some((s.key?, s.size_seen.max(s.read), s.end.is_some())))
+            .filter(|(k, _, _)| cursor_gen != Some(Gen::Backup(*k)))
+            .collect();
         Saved {
             cursor,
             known: self.known.clone(),
+            pending,
         }
     }
 }

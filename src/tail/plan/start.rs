@@ -1,6 +1,25 @@
 //! Where a log's reading starts: a first start, or a resume from the stored cursor.
 
 use super::{Cursor, FirstStart, Gen, Listing, LogPlan, Lost, Saved, Serials, Slot};
+use crate::tail::generation::Key;
+
+/// The generations seen after the cursor's and gone now: pruned while the shipper was down.
+fn pruned_pending(pending: &[(Key, u64, bool)], listing: &Listing) -> Vec<Lost> {
+    pending
+        .iter()
+        .filter(|(k, _, _)| listing.get(*k).is_none())
+        .map(|&(k, size, final_size)| Lost {
+            generation: Gen::Backup(k),
+            offset: 0,
+            bytes: size,
+            exact: final_size,
+            truncated: false,
+            only_window: false,
+            window_from: None,
+            next: None,
+        })
+        .collect()
+}
 
 impl LogPlan {
     pub fn first_start(listing: &Listing, at: FirstStart, serials: &mut Serials) -> LogPlan {
@@ -26,15 +45,16 @@ impl LogPlan {
         listing: &Listing,
         confirm: &mut dyn FnMut(Gen) -> bool,
         serials: &mut Serials,
-    ) -> (LogPlan, Option<Lost>) {
+    ) -> (LogPlan, Vec<Lost>) {
         let mut plan = LogPlan {
             known: saved.known,
             ..LogPlan::default()
         };
         plan.known.sort_unstable();
+        let mut losses = pruned_pending(&saved.pending, listing);
         let Some(c) = saved.cursor else {
             plan.adopt_unknown(listing, serials);
-            return (plan, None);
+            return (plan, losses);
         };
         let found = plan.find_cursor(&c, listing, confirm);
         let mut lost = match found {
@@ -56,7 +76,8 @@ impl LogPlan {
         if let Some(l) = lost.as_mut().filter(|l| l.next.is_none()) {
             l.next = plan.slots.first().map(|s| s.serial);
         }
-        (plan, lost)
+        losses.splice(0..0, lost);
+        (plan, losses)
     }
 
     /// Follows the cursor's generation, found as `generation`, from where it was committed.
@@ -155,7 +176,6 @@ impl LogPlan {
 mod tests {
     use super::*;
     use crate::tail::file::Fingerprint;
-    use crate::tail::generation::Key;
     use crate::tail::plan::Listed;
 
     fn cursor_on_live(committed: u64) -> Saved {
@@ -169,6 +189,7 @@ mod tests {
                 last_time: None,
             }),
             known: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -191,7 +212,7 @@ mod tests {
             &mut confirm,
             &mut Serials::default(),
         );
-        assert_eq!(lost, None);
+        assert_eq!(lost, vec![]);
         let first = &plan.slots[0];
         assert_eq!((first.key, first.start), (Some(key), 300));
         assert_eq!(plan.slots[1].ino, Some((1, 5)));
@@ -211,7 +232,9 @@ mod tests {
             &mut confirm,
             &mut Serials::default(),
         );
-        let lost = lost.expect("a truncation is a loss");
+        let [lost] = &lost[..] else {
+            panic!("a truncation is one loss: {lost:?}")
+        };
         assert!(lost.truncated && !lost.exact);
         assert_eq!((plan.slots.len(), plan.slots[0].start), (1, 0));
     }
