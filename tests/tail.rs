@@ -275,7 +275,10 @@ fn restarts_during_a_storm_lose_nothing_and_repeat_only_the_uncommitted() {
     );
     assert_eq!(delivered.len() - unique.len(), duplicates);
     assert!(w.rotations >= 30, "{} rotations", w.rotations);
-    assert!(storm_restarts >= 3, "{storm_restarts} restarts during the storm");
+    assert!(
+        storm_restarts >= 3,
+        "{storm_restarts} restarts during the storm"
+    );
 }
 
 /// Reads until `upto` (inclusive) is delivered, commits exactly up to it, saves.

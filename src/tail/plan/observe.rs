@@ -120,8 +120,8 @@ impl LogPlan {
         }
     }
 
-    /// Inserts a backup found by a listing in key order, but never before a generation
-    /// already being read.
+    /// Inserts a backup found by a listing in key order, but never before a generation with
+    /// progress (read from, or resumed at an offset: it may hold the stored cursor).
     fn place(&mut self, slot: Slot) {
         let key = slot.key;
         let by_key = self
@@ -132,7 +132,7 @@ impl LogPlan {
         let floor = self
             .slots
             .iter()
-            .rposition(|s| s.read > s.start || s.end.is_some())
+            .rposition(|s| s.read > 0 || s.end.is_some())
             .map_or(0, |i| i + 1);
         if by_key < floor || self.known.last().is_some_and(|&k| Some(k) > key) {
             self.anomalies += 1;
