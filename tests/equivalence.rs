@@ -240,7 +240,11 @@ fn security_context_is_kept_whole() {
         let pruned = json(&out(&mut x, &line, Format::Audit));
         extra += usize::from(at(&pruned, &["user", "extra"]).is_some());
         psa += usize::from(
-            at(&pruned, &["annotations", "pod-security.kubernetes.io/enforce-policy"]).is_some(),
+            at(
+                &pruned,
+                &["annotations", "pod-security.kubernetes.io/enforce-policy"],
+            )
+            .is_some(),
         );
         denial += usize::from(
             at(&pruned, &["responseStatus", "reason"]) == Some(&Value::from("Forbidden")),
