@@ -499,3 +499,68 @@ fn a_proxy_refusing_the_tunnel_is_retried_and_reported_like_an_unreachable_intak
     assert!(got.values().all(|&n| n == 1), "duplicates");
     let _ = std::fs::remove_dir_all(&rig.dir);
 }
+
+/// `check --config FILE` with only `env` as proxy environment: exit status and stdout.
+fn check(cfg: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["check", "--config"]).arg(cfg);
+    for var in PROXY_ENV {
+        cmd.env_remove(var);
+    }
+    let out = cmd.envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_reaches_the_intake_through_the_proxy_and_names_a_refusing_one() {
+    let rig = Rig::new("check", 1);
+    let intake_port = port_of(&rig.intake.url);
+    let tunnel = format!("CONNECT 127.0.0.1:{intake_port} HTTP/1.1");
+    let open = Proxy::start(&rig.dir, intake_port);
+
+    let cfg = rig.config(&rig.intake.url, &format!("HTTPProxyURL: {}\n", open.url()));
+    let (code, out) = check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!(", proxy {})", open.url())), "{out}");
+    assert!(
+        out.contains("  intake: reachable over TLS (HTTP 200"),
+        "{out}"
+    );
+    assert_eq!(open.requests(), std::slice::from_ref(&tunnel));
+
+    let cfg = rig.config(&rig.intake.url, "");
+    let (code, out) = check(&cfg, &[("HTTPS_PROXY", &open.url())]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(", proxy {}/ from the environment)", open.url())),
+        "{out}"
+    );
+    assert_eq!(open.requests(), [tunnel.clone(), tunnel.clone()]);
+    let connections = rig.intake.state.lock().unwrap().connections;
+    assert_eq!(
+        connections, 2,
+        "a connection that did not come through the proxy"
+    );
+
+    // A proxy that answers the CONNECT with 403: a problem that names the proxy's answer.
+    let refusing = Proxy::start(&rig.dir, intake_port.wrapping_add(1).max(1));
+    let cfg = rig.config(
+        &rig.intake.url,
+        &format!("HTTPProxyURL: {}\n", refusing.url()),
+    );
+    let (code, out) = check(&cfg, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("intake {}: unreachable (", rig.intake.url))
+            && out.contains("CONNECT proxy failed")
+            && out.contains("403"),
+        "{out}"
+    );
+    assert_eq!(refusing.requests(), [tunnel]);
+    assert_eq!(rig.intake.state.lock().unwrap().connections, connections);
+    assert!(rig.intake.events().is_empty(), "check stored something");
+    let _ = std::fs::remove_dir_all(&rig.dir);
+}
