@@ -16,6 +16,16 @@ use flate2::write::GzEncoder;
 use std::io::Write;
 use std::path::Path;
 
+/// What `check` does at the intake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntakeCheck {
+    /// Reach the endpoint with a request that cannot store anything.
+    Reach,
+    /// Also post one labelled record, which the intake stores: the only way to know that
+    /// the key is accepted (`--send-test-event`).
+    SendTestEvent,
+}
+
 /// Runs the checks, printing to stdout. `Ok(true)` when everything is fine.
 pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
     let cfg = Config::load(config)?;
@@ -242,16 +252,6 @@ fn without_credentials(url: &str) -> String {
         }
         None => url.to_string(),
     }
-}
-
-/// What `check` does at the intake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IntakeCheck {
-    /// Reach the endpoint with a request that cannot store anything.
-    Reach,
-    /// Also post one labelled record, which the intake stores: the only way to know that
-    /// the key is accepted (`--send-test-event`).
-    SendTestEvent,
 }
 
 /// Reaches the intake of one `logfiles` entry; with [`IntakeCheck::SendTestEvent`], posts
