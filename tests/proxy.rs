@@ -302,11 +302,12 @@ impl Rig {
     }
 
     /// A metric's value summed over the series whose labels contain `labels`; `None` while
-    /// the service does not answer yet.
+    /// the service does not answer yet, or when no such series exists (so a renamed metric
+    /// fails the tests instead of reading as 0).
     fn metric(&self, name: &str, labels: &str) -> Option<u64> {
         TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let text = self.http("/metrics");
-        let sum = text
+        let values: Vec<u64> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
@@ -315,8 +316,8 @@ impl Rig {
                 n == name && rest.contains(labels)
             })
             .filter_map(|(_, v)| v.parse::<u64>().ok())
-            .sum();
-        Some(sum)
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
     }
 }
 
