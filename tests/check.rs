@@ -123,6 +123,13 @@ fn check_reaches_the_intake_and_stores_nothing() {
         out.contains("  warning: HTTP 404 may mean a wrong path in intake_url"),
         "{out}"
     );
+    intake.force_status(Some(308));
+    let (code, out) = check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("  warning: HTTP 308 is a redirect, and `run` follows none"),
+        "{out}"
+    );
     stored_nothing(&intake, &out);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -311,9 +311,17 @@ fn probe(
                 "  intake: reachable over TLS (HTTP {code} to a GET, which stores nothing); \
                  the key is verified only by a stored record: `check --send-test-event`"
             );
+            // Neither is proof of a wrong URL (what an intake answers to a GET is not
+            // documented), so they are warnings; `--send-test-event` settles it.
             if code == 404 {
                 println!(
                     "  warning: HTTP 404 may mean a wrong path in intake_url {}",
+                    cfg.intake_url
+                );
+            } else if (300..400).contains(&code) {
+                println!(
+                    "  warning: HTTP {code} is a redirect, and `run` follows none: intake_url {} \
+                     may be wrong",
                     cfg.intake_url
                 );
             }
