@@ -31,12 +31,13 @@ Commands:
             event to stdout: `audit` (default) is the event pruned to what the SEKOIA.IO
             parser reads and the security context an analyst needs (annotations, user,
             objectRef, responseStatus, a binding's subjects), `ecs` the document the
-            intake would produce, `raw` the line as read. gzip input is decompressed, every member of it (told by its first bytes,
-            not by a .gz name). Lines that are not JSON objects are reported on stderr with
-            file and line number and skipped; after 20 in a row from one input the rest of
-            that input's are only counted. Corrupt gzip data is reported and the rest of
-            that input skipped. A summary line on stderr ends the run. --strict stops at the
-            first bad line or corrupt input.
+            intake would produce, `raw` the line as read. gzip input is decompressed,
+            every member of it (told by its first bytes, not by a .gz name). Lines that
+            are not JSON objects are reported on stderr with file and line number and
+            skipped; after 20 in a row from one input the rest of that input's are only
+            counted. Corrupt gzip data is reported and the rest of that input skipped. A
+            summary line on stderr ends the run. --strict stops at the first bad line or
+            corrupt input.
   bench     Measure on this machine what shipping FILE would cost: extraction throughput,
             the SIMD implementation in use, bytes raw -> audit -> gzip, and the CPU share at
             the event rate found in FILE.
