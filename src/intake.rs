@@ -245,6 +245,28 @@ impl Sender {
         }
     }
 
+    /// A request to the endpoint that cannot store anything (`GET`, no body), for `check`:
+    /// the HTTP status, or the transport error. It takes the path a POST takes (DNS, proxy,
+    /// TLS with the CA and client certificate), so any status proves that path. The key goes
+    /// along, as with a POST and to the same host over the same TLS, so that an intake which
+    /// checks it before the method can say it is refused.
+    pub fn probe(&self) -> Result<u16, String> {
+        let mut resp = self
+            .agent
+            .get(&self.endpoint)
+            .header("X-SEKOIAIO-INTAKE-KEY", &self.key)
+            .call()
+            // ureq's errors name the URL, never the headers: no key in them.
+            .map_err(|e| e.to_string())?;
+        let mut sink = Vec::new();
+        let _ = resp
+            .body_mut()
+            .as_reader()
+            .take(64 * 1024)
+            .read_to_end(&mut sink);
+        Ok(resp.status().as_u16())
+    }
+
     /// Sends the next spooled segment and acts on the answer (see the module table).
     /// The spool lock is not held during the request.
     pub fn deliver_next(&mut self, spool: &Mutex<Spool>) -> Step {

@@ -12,7 +12,7 @@ kube-audit-shipper — ships Kubernetes API-server audit logs to SEKOIA.IO
 
 Usage:
   kube-audit-shipper run --config FILE
-  kube-audit-shipper check --config FILE
+  kube-audit-shipper check --config FILE [--send-test-event]
   kube-audit-shipper extract [--format audit|ecs|raw] [--strict] [--max-line-bytes N] [FILE...]
   kube-audit-shipper bench [--rounds N] [--level 1-9] FILE
   kube-audit-shipper --help | --version
@@ -22,23 +22,29 @@ Commands:
             compression), keep batches in a crash-safe spool under `state_dir`, send them to
             the SEKOIA.IO intake. Stops cleanly on SIGTERM/SIGINT. FILE is the Sekoia agent's
             YAML (`logfiles:` with `filepath` and `intakekey`) plus optional keys (README).
-  check     Validate FILE, list the files each entry matches, reach each intake (TLS and an
-            empty authenticated batch), print what `run` would do. Exit 1 on any problem.
+  check     Validate FILE, list the files each entry matches, reach each intake (DNS, proxy,
+            TLS: a GET, which stores nothing), print what `run` would do. Exit 1 on any
+            problem. --send-test-event also posts one record of kind KubeAuditShipperCheck
+            (host, version, time) to each intake and key: the only proof that the key is
+            accepted, and it is stored in the SIEM.
   extract   Read audit-log lines from FILEs (or stdin, or -) and write one JSON line per
             event to stdout: `audit` (default) is the event pruned to what the SEKOIA.IO
-            parser reads, `ecs` the document the intake would produce, `raw` the line as
-            read. gzip input is decompressed, every member of it (told by its first bytes,
-            not by a .gz name). Lines that are not JSON objects are reported on stderr with
-            file and line number and skipped; after 20 in a row from one input the rest of
-            that input's are only counted. Corrupt gzip data is reported and the rest of
-            that input skipped. A summary line on stderr ends the run. --strict stops at the
-            first bad line or corrupt input.
+            parser reads and the security context an analyst needs (annotations, user,
+            objectRef, responseStatus, a binding's subjects), `ecs` the document the
+            intake would produce, `raw` the line as read. gzip input is decompressed,
+            every member of it (told by its first bytes, not by a .gz name). Lines that
+            are not JSON objects are reported on stderr with file and line number and
+            skipped; after 20 in a row from one input the rest of that input's are only
+            counted. Corrupt gzip data is reported and the rest of that input skipped. A
+            summary line on stderr ends the run. --strict stops at the first bad line or
+            corrupt input.
   bench     Measure on this machine what shipping FILE would cost: extraction throughput,
             the SIMD implementation in use, bytes raw -> audit -> gzip, and the CPU share at
             the event rate found in FILE.
 
 Options:
   --config FILE         run, check: the configuration file
+  --send-test-event     check: post one labelled test record to verify the intake key
   --format F            output form of extract (audit, ecs, raw)
   --strict              extract: exit non-zero at the first line that is not an event
   --max-line-bytes N    longest line accepted (default 8MiB): bytes, or a number with
@@ -111,11 +117,20 @@ fn run() -> Result<ExitCode, String> {
     }
 }
 
-/// `--config FILE`, the only option of `run` and `check`.
-fn config_arg(mut args: lexopt::Parser) -> Result<Option<std::path::PathBuf>, String> {
+/// `--config FILE`, the option of `run` and `check`; `send_test_event` is `check`'s flag,
+/// accepted only when given.
+fn config_arg(
+    mut args: lexopt::Parser,
+    mut send_test_event: Option<&mut bool>,
+) -> Result<Option<std::path::PathBuf>, String> {
     let mut config = None;
     while let Some(arg) = args.next().map_err(|e| e.to_string())? {
         match arg {
+            Long("send-test-event") if send_test_event.is_some() => {
+                if let Some(flag) = send_test_event.as_deref_mut() {
+                    *flag = true;
+                }
+            }
             Long("config") | Short('c') => {
                 config = Some(std::path::PathBuf::from(
                     args.value().map_err(|e| e.to_string())?,
@@ -134,7 +149,7 @@ fn config_arg(mut args: lexopt::Parser) -> Result<Option<std::path::PathBuf>, St
 }
 
 fn run_service(args: lexopt::Parser) -> Result<ExitCode, String> {
-    let Some(path) = config_arg(args)? else {
+    let Some(path) = config_arg(args, None)? else {
         return Ok(ExitCode::SUCCESS);
     };
     let cfg = kube_audit_shipper::config::Config::load(&path)?;
@@ -146,10 +161,17 @@ fn run_service(args: lexopt::Parser) -> Result<ExitCode, String> {
 }
 
 fn run_check(args: lexopt::Parser) -> Result<ExitCode, String> {
-    let Some(path) = config_arg(args)? else {
+    use kube_audit_shipper::cmd::check::{self, IntakeCheck};
+    let mut send_test_event = false;
+    let Some(path) = config_arg(args, Some(&mut send_test_event))? else {
         return Ok(ExitCode::SUCCESS);
     };
-    match kube_audit_shipper::cmd::check::run(&path) {
+    let mode = if send_test_event {
+        IntakeCheck::SendTestEvent
+    } else {
+        IntakeCheck::Reach
+    };
+    match check::run(&path, mode) {
         Ok(true) => Ok(ExitCode::SUCCESS),
         Ok(false) => Ok(ExitCode::from(1)),
         Err(e) => {

@@ -190,3 +190,78 @@ fn raw_form_is_the_line_as_read() {
         assert_eq!(&out(&mut x, line, Format::Raw), line);
     }
 }
+
+/// The security context an investigation reads from the stored event (DESIGN.md §4), which the
+/// parser does not map: it must come through the `audit` form unchanged.
+const CONTEXT: &[&[&str]] = &[
+    &["annotations"],
+    &["user"],
+    &["impersonatedUser"],
+    &["objectRef"],
+    &["responseStatus"],
+    &["requestObject", "subjects"],
+    &["requestObject", "roleRef"],
+];
+
+fn at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// Checks `CONTEXT` for one event; returns which paths it had.
+fn context_is_kept(x: &mut Extractor, line: &str) -> Vec<&'static [&'static str]> {
+    let original = json(line);
+    let pruned = json(&out(x, line, Format::Audit));
+    let mut had = Vec::new();
+    for path in CONTEXT {
+        assert_eq!(
+            at(&pruned, path),
+            at(&original, path),
+            "{} not kept whole in {}",
+            path.join("."),
+            &line[..line.len().min(300)]
+        );
+        if at(&original, path).is_some() {
+            had.push(*path);
+        }
+    }
+    // The bodies around the context are still cut.
+    assert_eq!(at(&pruned, &["requestObject", "metadata"]), None);
+    assert_eq!(at(&pruned, &["responseObject", "status"]), None);
+    had
+}
+
+#[test]
+fn security_context_is_kept_whole() {
+    let mut x = Extractor::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut extra, mut psa, mut denial) = (0, 0, 0);
+    for line in corpus::samples() {
+        seen.extend(context_is_kept(&mut x, &line));
+        let pruned = json(&out(&mut x, &line, Format::Audit));
+        extra += usize::from(at(&pruned, &["user", "extra"]).is_some());
+        psa += usize::from(
+            at(
+                &pruned,
+                &["annotations", "pod-security.kubernetes.io/enforce-policy"],
+            )
+            .is_some(),
+        );
+        denial += usize::from(
+            at(&pruned, &["responseStatus", "reason"]) == Some(&Value::from("Forbidden")),
+        );
+    }
+    // The real log holds every kind of context, so the loop above compared each of them.
+    assert_eq!(seen.len(), CONTEXT.len(), "paths seen: {seen:?}");
+    assert!(extra > 0 && psa > 0 && denial > 0, "{extra} {psa} {denial}");
+}
+
+#[test]
+fn security_context_of_a_hand_written_event_is_kept() {
+    // Shapes the sample does not hold: a pod-security violation in audit mode, an
+    // impersonated user with `extra`, a denial with details, a ClusterRoleBinding of a user
+    // and a service account, with `\u` escapes and non-ASCII text in the kept values.
+    let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"6b0c2a5e-1f0e-4d43-9a55-0c8e1d0f3b11","stage":"ResponseComplete","requestURI":"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings","verb":"create","user":{"username":"system:serviceaccount:ci:deployer","uid":"41a0","groups":["system:serviceaccounts","system:authenticated"],"extra":{"authentication.kubernetes.io/pod-name":["runner-7f9"],"authentication.kubernetes.io/node-name":["node-3"],"authentication.kubernetes.io/credential-id":["JTI=9e1c"]}},"impersonatedUser":{"username":"eve","uid":"e-1","groups":["ops"],"extra":{"scopes":["view","\u00e9dit"]}},"sourceIPs":["10.0.0.7"],"userAgent":"kubectl/v1.36.0","objectRef":{"resource":"clusterrolebindings","name":"eve-admin","apiGroup":"rbac.authorization.k8s.io","apiVersion":"v1","uid":"c1","resourceVersion":"991"},"responseStatus":{"metadata":{},"status":"Failure","message":"clusterrolebindings.rbac.authorization.k8s.io is forbidden: user \"eve\" (groups=[\"ops\"]) is attempting to grant RBAC permissions not currently held","reason":"Forbidden","details":{"group":"rbac.authorization.k8s.io","kind":"clusterrolebindings","name":"eve-admin"},"code":403},"requestObject":{"kind":"ClusterRoleBinding","apiVersion":"rbac.authorization.k8s.io/v1","metadata":{"name":"eve-admin","creationTimestamp":null},"subjects":[{"kind":"User","apiGroup":"rbac.authorization.k8s.io","name":"eve"},{"kind":"ServiceAccount","name":"deployer","namespace":"ci"}],"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"cluster-admin"}},"responseObject":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","code":403},"requestReceivedTimestamp":"2026-11-28T10:00:00.000000Z","stageTimestamp":"2026-11-28T10:00:00.004000Z","annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"RBAC: allowed by ClusterRoleBinding \"ci-deployer\"","pod-security.kubernetes.io/enforce-policy":"restricted:latest","pod-security.kubernetes.io/audit-violations":"would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"x\" must set securityContext.allowPrivilegeEscalation=false)"}}"#;
+    let mut x = Extractor::new();
+    assert_eq!(context_is_kept(&mut x, line).len(), CONTEXT.len());
+    check(&mut x, line);
+}

@@ -1,6 +1,12 @@
-//! `check --config FILE`: validates the configuration, shows what each entry matches now,
-//! reaches each intake, and prints what `run` would do. Every problem is listed with its
-//! fix; the exit status is non-zero if there is any.
+//! `check --config FILE [--send-test-event]`: validates the configuration, shows what each
+//! entry matches now, reaches each intake, and prints what `run` would do. Every problem is
+//! listed with its fix; the exit status is non-zero if there is any.
+//!
+//! Reaching the intake stores nothing in the customer's SIEM: a `GET` of the endpoint takes
+//! the path a batch takes (DNS, proxy, TLS with the CA and client certificate) and cannot be
+//! stored. Whether the key is accepted only a stored event tells: `--send-test-event` posts
+//! one record labelled `"kind":"KubeAuditShipperCheck"` (with the host, the version and the
+//! time) per distinct intake and key.
 
 use crate::config::Config;
 use crate::intake::{Answer, Sender};
@@ -10,8 +16,18 @@ use flate2::write::GzEncoder;
 use std::io::Write;
 use std::path::Path;
 
+/// What `check` does at the intake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntakeCheck {
+    /// Reach the endpoint with a request that cannot store anything.
+    Reach,
+    /// Also post one labelled record, which the intake stores: the only way to know that
+    /// the key is accepted (`--send-test-event`).
+    SendTestEvent,
+}
+
 /// Runs the checks, printing to stdout. `Ok(true)` when everything is fine.
-pub fn run(config: &Path) -> Result<bool, String> {
+pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
     let cfg = Config::load(config)?;
     let mut problems: Vec<String> = Vec::new();
     println!("config {}: valid", config.display());
@@ -29,10 +45,11 @@ pub fn run(config: &Path) -> Result<bool, String> {
             ", client cert {}",
             c.0.display()
         )),
-        cfg.proxy.as_ref().map_or(String::new(), |p| format!(
-            ", proxy {}",
-            without_credentials(p)
-        ))
+        match (&cfg.proxy, env_proxy(&cfg.intake_url)) {
+            (Some(p), _) => format!(", proxy {}", without_credentials(p)),
+            (None, Some(p)) => format!(", proxy {} from the environment", without_credentials(&p)),
+            (None, None) => String::new(),
+        }
     );
     println!(
         "batches: up to {} bytes / {} events / {:?} linger, gzip level {}, {:?} form",
@@ -44,6 +61,7 @@ pub fn run(config: &Path) -> Result<bool, String> {
         None => println!("metrics: off"),
     }
 
+    let mut keys_sent = Vec::new();
     for (i, l) in cfg.logfiles.iter().enumerate() {
         println!(
             "logfiles[{i}]: {} (key from {}, {} rule(s))",
@@ -63,7 +81,7 @@ pub fn run(config: &Path) -> Result<bool, String> {
                 "; `run` creates it"
             }
         );
-        check_intake(&cfg, l, &mut problems);
+        check_intake(&cfg, l, mode, &mut keys_sent, &mut problems);
     }
     if problems.is_empty() {
         println!(
@@ -211,6 +229,17 @@ fn check_files(pattern: &str, problems: &mut Vec<String>) {
     });
 }
 
+/// The proxy the sender takes from the environment (`ALL_PROXY`, `HTTPS_PROXY`,
+/// `HTTP_PROXY`, lower case too) for this intake, unless `NO_PROXY` exempts it: the same
+/// reading as the sender's, so that what is printed is what is used.
+fn env_proxy(intake_url: &str) -> Option<String> {
+    let proxy = ureq::Proxy::try_from_env()?;
+    let exempt = intake_url
+        .parse::<ureq::http::Uri>()
+        .is_ok_and(|u| proxy.is_no_proxy(&u));
+    (!exempt).then(|| proxy.uri().to_string())
+}
+
 /// A proxy URL as it may be printed: `user:password@` replaced by `***@` (the output of
 /// `check` is pasted into tickets).
 fn without_credentials(url: &str) -> String {
@@ -225,42 +254,182 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
-/// TLS handshake and an authenticated POST of an empty batch.
-fn check_intake(cfg: &Config, l: &crate::config::LogFile, problems: &mut Vec<String>) {
-    let sender = match Sender::new(&cfg.intake(l)) {
+/// Reaches the intake of one `logfiles` entry; with [`IntakeCheck::SendTestEvent`], posts
+/// the test record once per distinct intake and key (`keys_sent` remembers them).
+fn check_intake(
+    cfg: &Config,
+    l: &crate::config::LogFile,
+    mode: IntakeCheck,
+    keys_sent: &mut Vec<(String, String)>,
+    problems: &mut Vec<String>,
+) {
+    let intake = cfg.intake(l);
+    let sender = match Sender::new(&intake) {
         Ok(s) => s,
         Err(e) => {
             problems.push(format!("intake settings: {e}"));
             return;
         }
     };
-    let empty = GzEncoder::new(Vec::new(), Compression::fast())
-        .finish()
-        .unwrap_or_default();
-    match sender.post(&empty, None) {
-        Answer::Accepted => println!("  intake: reachable, key accepted (empty batch probe)"),
+    let reached = probe(cfg, l, &sender, problems);
+    let _ = std::io::stdout().flush();
+    if !reached || mode != IntakeCheck::SendTestEvent {
+        return;
+    }
+    let pair = (intake.url.clone(), intake.key.clone());
+    if keys_sent.contains(&pair) {
+        println!("  intake: same intake and key as an entry above; no second test record");
+        return;
+    }
+    keys_sent.push(pair);
+    send_test_event(cfg, l, &sender, problems);
+    let _ = std::io::stdout().flush();
+}
+
+/// The reachability probe: a `GET` of the endpoint, which no intake stores (the POST of an
+/// empty batch that `check` used to send reached the customer's SIEM). Any HTTP answer
+/// proves DNS, the proxy and TLS (roots or `ca_file`, the client certificate); only a
+/// refusal of the key is a problem, since what an intake answers to a GET is not
+/// documented. Returns whether the endpoint answered with anything but a key refusal.
+fn probe(
+    cfg: &Config,
+    l: &crate::config::LogFile,
+    sender: &Sender,
+    problems: &mut Vec<String>,
+) -> bool {
+    match sender.probe() {
+        Ok(code @ (401 | 403 | 422)) => {
+            problems.push(format!(
+                "{}: the intake refuses the key (HTTP {code} to a GET, which stores nothing); \
+                 copy the intake key from the SEKOIA.IO intake page into {}",
+                l.filepath, l.key_source
+            ));
+            false
+        }
+        Ok(code) => {
+            println!(
+                "  intake: reachable over TLS (HTTP {code} to a GET, which stores nothing); \
+                 the key is verified only by a stored record: `check --send-test-event`"
+            );
+            // Neither is proof of a wrong URL (what an intake answers to a GET is not
+            // documented), so they are warnings; `--send-test-event` settles it.
+            if code == 404 {
+                println!(
+                    "  warning: HTTP 404 may mean a wrong path in intake_url {}",
+                    cfg.intake_url
+                );
+            } else if (300..400).contains(&code) {
+                println!(
+                    "  warning: HTTP {code} is a redirect, and `run` follows none: intake_url {} \
+                     may be wrong",
+                    cfg.intake_url
+                );
+            }
+            true
+        }
+        Err(e) => {
+            problems.push(format!(
+                "intake {}: unreachable ({e}); check DNS, the network, HTTPProxyURL or \
+                 HTTPS_PROXY, ca_file and client_cert",
+                cfg.intake_url
+            ));
+            false
+        }
+    }
+}
+
+/// Posts one record that says what it is, so that the key is verified end to end and the
+/// analyst who finds it in the SIEM knows where it came from.
+fn send_test_event(
+    cfg: &Config,
+    l: &crate::config::LogFile,
+    sender: &Sender,
+    problems: &mut Vec<String>,
+) {
+    let now = crate::metrics::now_micros() as i64;
+    let host = crate::records::hostname();
+    let record = test_record(&host, now);
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    let body = match gz.write_all(&record).and_then(|()| gz.finish()) {
+        Ok(body) => body,
+        Err(e) => {
+            problems.push(format!("compressing the test record: {e}"));
+            return;
+        }
+    };
+    let time = crate::timestamp::format_micros(now);
+    match sender.post(&body, Some(now)) {
+        Answer::Accepted => println!(
+            "  intake: key accepted: one test record stored (kind {TEST_KIND}, host {host}, \
+             time {time})"
+        ),
         Answer::KeyRefused(code) => problems.push(format!(
-            "{}: the intake refuses the key (HTTP {code}); copy the intake key from the \
-             SEKOIA.IO intake page into {}",
+            "{}: the intake refuses the key (HTTP {code} to the test record); copy the intake \
+             key from the SEKOIA.IO intake page into {}",
             l.filepath, l.key_source
         )),
-        Answer::Status(code) => println!(
-            "  intake: reachable over TLS; the key is not verified (HTTP {code} to an empty probe)"
-        ),
-        Answer::TooLarge | Answer::Busy(_) => {
-            println!("  intake: reachable over TLS; busy or refusing the probe, key not verified")
-        }
         Answer::Failed(e) => problems.push(format!(
-            "intake {}: unreachable ({e}); check the network, HTTPProxyURL, ca_file",
+            "intake {}: the test record was not sent ({e})",
             cfg.intake_url
         )),
+        other => problems.push(format!(
+            "intake {}: the test record was not accepted ({})",
+            cfg.intake_url,
+            match other {
+                Answer::TooLarge => "HTTP 413".to_string(),
+                Answer::Busy(_) => "busy: HTTP 429 or 503; try again later".to_string(),
+                Answer::Status(code) => format!("HTTP {code}"),
+                _ => "unexpected answer".to_string(),
+            }
+        )),
     }
-    let _ = std::io::stdout().flush();
+}
+
+/// The `kind` of the test record.
+pub const TEST_KIND: &str = "KubeAuditShipperCheck";
+
+/// The test record: one JSON object, no newline.
+fn test_record(host: &str, now_micros: i64) -> Vec<u8> {
+    use crate::extract::json_string;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"{\"kind\":\"");
+    out.extend_from_slice(TEST_KIND.as_bytes());
+    out.extend_from_slice(b"\",\"message\":");
+    let message = format!(
+        "kube-audit-shipper on {host}: test record sent by `kube-audit-shipper check \
+         --send-test-event`; not an audit event"
+    );
+    json_string(&mut out, &message, usize::MAX);
+    out.extend_from_slice(b",\"host\":");
+    json_string(&mut out, host, usize::MAX);
+    out.extend_from_slice(b",\"version\":");
+    json_string(&mut out, env!("CARGO_PKG_VERSION"), usize::MAX);
+    out.extend_from_slice(b",\"time\":");
+    json_string(
+        &mut out,
+        &crate::timestamp::format_micros(now_micros),
+        usize::MAX,
+    );
+    out.push(b'}');
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::without_credentials;
+    use super::{TEST_KIND, test_record, without_credentials};
+
+    #[test]
+    fn the_test_record_is_one_labelled_json_object_whatever_the_host_name() {
+        let record = test_record("node \"7\"\\é", 1_764_288_000_000_000);
+        assert!(!record.contains(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&record).expect("valid JSON");
+        assert_eq!(v["kind"], TEST_KIND);
+        assert_eq!(v["host"], "node \"7\"\\é");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["time"], "2025-11-28T00:00:00.000000Z");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+    }
 
     #[test]
     fn proxy_credentials_are_not_printed() {

@@ -1,4 +1,5 @@
-//! The `audit` output form: the event pruned to what the Sekoia Kubernetes parser reads.
+//! The `audit` output form: the event pruned to what the Sekoia Kubernetes parser reads, plus
+//! the security context an analyst reading the stored event needs.
 //!
 //! Keys keep their original order and values their original types, so the intake parses the
 //! pruned event exactly as it would the full one (`ecs(audit(e)) == ecs(e)`, tested in
@@ -27,9 +28,13 @@ pub(crate) enum Keep {
 use Keep::{Bulky, Only, Whole};
 
 /// The kept paths, in the order kube-apiserver writes them (see [`rule`]): DESIGN.md §4's
-/// table, plus `kind`, `apiVersion`, `level`, `stage` and
-/// `stageTimestamp` for the analyst who reads the stored event, plus `hostPID`/`hostIPC`,
-/// which the spool classifies as critical, and `objectRef.apiVersion`.
+/// table, plus `kind`, `apiVersion`, `level`, `stage` and `stageTimestamp` for the analyst
+/// who reads the stored event, plus `hostPID`/`hostIPC`, which the spool classifies as
+/// critical, plus the small security context the parser does not map but an investigation
+/// needs (DESIGN.md §4): `user`, `impersonatedUser`, `objectRef`, `responseStatus` and
+/// `annotations` whole, and a binding's `subjects` and `roleRef`. The stored event is the
+/// analyst's only copy; what is cut here is the request and response bodies, where the bytes
+/// are.
 pub(crate) static KEEP: &[(&str, Keep)] = &[
     ("kind", Whole),
     ("apiVersion", Whole),
@@ -38,28 +43,16 @@ pub(crate) static KEEP: &[(&str, Keep)] = &[
     ("stage", Whole),
     ("requestURI", Whole),
     ("verb", Whole),
-    (
-        "user",
-        Only(&[("username", Whole), ("uid", Whole), ("groups", Whole)]),
-    ),
-    (
-        "impersonatedUser",
-        Only(&[("username", Whole), ("groups", Whole)]),
-    ),
+    // Who acted, whole: `extra` carries the credential id, the node or pod a token was bound
+    // to, and the scopes. An investigation asks for exactly that.
+    ("user", Whole),
+    ("impersonatedUser", Whole),
     ("sourceIPs", Whole),
     ("userAgent", Whole),
-    (
-        "objectRef",
-        Only(&[
-            ("resource", Whole),
-            ("namespace", Whole),
-            ("name", Whole),
-            ("apiGroup", Whole),
-            ("apiVersion", Whole),
-            ("subresource", Whole),
-        ]),
-    ),
-    ("responseStatus", Only(&[("code", Whole)])),
+    // What was acted on, whole (its `uid` and `resourceVersion` pin the exact object).
+    ("objectRef", Whole),
+    // The answer, whole: `reason` and `message` say why a request was denied or failed.
+    ("responseStatus", Whole),
     (
         "requestObject",
         Only(&[
@@ -73,7 +66,10 @@ pub(crate) static KEEP: &[(&str, Keep)] = &[
                     ("hostIPC", Whole),
                 ]),
             ),
-            ("roleRef", Only(&[("name", Whole)])),
+            // A (Cluster)RoleBinding: who was granted the role, and which role (`kind`
+            // tells a ClusterRole from a namespaced Role of the same name).
+            ("subjects", Whole),
+            ("roleRef", Whole),
         ]),
     ),
     (
@@ -82,13 +78,10 @@ pub(crate) static KEEP: &[(&str, Keep)] = &[
     ),
     ("requestReceivedTimestamp", Whole),
     ("stageTimestamp", Whole),
-    (
-        "annotations",
-        Only(&[
-            ("authorization.k8s.io/decision", Whole),
-            ("authorization.k8s.io/reason", Whole),
-        ]),
-    ),
+    // Every annotation: besides the authorizer's decision and reason the parser reads, the
+    // admission plugins' verdicts (`pod-security.kubernetes.io/enforce-policy`,
+    // `.../audit-violations`) and the authenticator's credential id. A few hundred bytes.
+    ("annotations", Whole),
 ];
 
 /// The rule for `key`, searched from `cursor` (just past the previous match) round to it.
