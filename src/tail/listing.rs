@@ -2,7 +2,7 @@
 //! the time of an event) used to confirm a cursor's generation and to date a loss.
 
 use super::file::{FINGERPRINT_LEN, Fingerprint, Source, dev_ino, fingerprint_file, prefix};
-use super::generation::{Named, Names};
+use super::generation::{Key, Named, Names};
 use super::plan::{Gen, Listed, Listing};
 use std::fs::{self, File};
 use std::io;
@@ -51,6 +51,39 @@ pub fn list(names: &Names) -> io::Result<Listing> {
     }
     backups.sort_by_key(|b| b.key);
     Ok(Listing { backups, live })
+}
+
+/// Adds to `listing` the backups of `keys` that are there but the directory read missed. A
+/// directory read is not atomic: while a backup is compressed, its `.gz` can be created behind
+/// the read's position and its plain name deleted ahead of it, so neither is returned. A
+/// lookup by name is atomic, and one of the two names always exists (the `.gz` is written
+/// whole before the plain backup is deleted): the keys a restart depends on are looked up.
+pub fn confirm_keys(names: &Names, listing: &mut Listing, keys: &[Key]) {
+    for &key in keys {
+        if listing.get(key).is_some() {
+            continue;
+        }
+        let plain = match fs::metadata(names.backup_path(key, false)) {
+            Ok(m) if m.is_file() => Some(dev_ino(&m)),
+            _ => None,
+        };
+        let gz = plain.is_none() && fs::metadata(names.backup_path(key, true)).is_ok();
+        if plain.is_some() || gz {
+            log::debug!("{key}: missed by the directory read, found by name");
+            listing.backups.push(Listed { key, plain, gz });
+        }
+    }
+    listing.backups.sort_by_key(|b| b.key);
+}
+
+/// Adds the backups of a second listing that the first missed.
+pub fn merge(listing: &mut Listing, other: Listing) {
+    for b in other.backups {
+        if listing.get(b.key).is_none() {
+            listing.backups.push(b);
+        }
+    }
+    listing.backups.sort_by_key(|b| b.key);
 }
 
 /// The fingerprint of a file's start (decompressed for `.gz`), over up to 1 KiB.

@@ -231,40 +231,17 @@ impl Tailer {
                 cursor::upgrade(entries, *saved_at, &names, &disk)
             }),
         };
-        let plan = match stored {
-            Some(saved) => {
-                let confirm = |generation, fp| listing::confirms(&names, &listing, generation, fp);
-                let fp = saved.cursor.as_ref().map(|c| c.fp);
-                let mut by_fp = |g| {
-                    let yes = fp.is_none_or(|fp| confirm(g, fp));
-                    ::log::debug!(
-                        "{}: is {g:?} the cursor's (fingerprint {fp:?})? {yes}",
-                        path.display()
-                    );
-                    yes
-                };
-                ::log::debug!("{}: resuming at {:?}", path.display(), saved.cursor);
-                let (plan, losses) =
-                    LogPlan::resume(saved, &listing, &mut by_fp, &mut self.serials);
-                let mut log = Log::new(names.clone(), plan, listing.clone(), self.cfg.max_line);
-                // Held at once: a rotation must not take the cursor's file away unseen.
-                log.hold(self.cfg.max_rotated_open, &mut self.access);
-                for lost in losses {
-                    let gap = log.gap(&lost, GapReason::Deleted, reader::now_micros());
-                    self.gaps.push(gap);
-                }
-                self.logs.push(log);
-                return;
-            }
-            None if self.first_start => {
+        let (plan, listing, losses) = match stored {
+            Some(saved) => self.resume_log(&names, listing, saved),
+            None => {
+                // A log that appeared after the first start is new: read from its start.
                 let at = match self.cfg.start_at {
-                    StartAt::Beginning => FirstStart::Beginning,
-                    StartAt::End => FirstStart::End,
+                    StartAt::End if self.first_start => FirstStart::End,
+                    _ => FirstStart::Beginning,
                 };
-                LogPlan::first_start(&listing, at, &mut self.serials)
+                let plan = LogPlan::first_start(&listing, at, &mut self.serials);
+                (plan, listing, Vec::new())
             }
-            // A log that appeared after the first start is new: read from its start.
-            None => LogPlan::first_start(&listing, FirstStart::Beginning, &mut self.serials),
         };
         ::log::debug!(
             "following {} ({} backups there)",
@@ -272,8 +249,52 @@ impl Tailer {
             listing.backups.len()
         );
         let mut log = Log::new(names, plan, listing, self.cfg.max_line);
+        // Held at once: a rotation must not take the cursor's file away unseen.
         log.hold(self.cfg.max_rotated_open, &mut self.access);
+        for lost in losses {
+            let gap = log.gap(&lost, GapReason::Deleted, reader::now_micros());
+            self.gaps.push(gap);
+        }
         self.logs.push(log);
+    }
+
+    /// The plan of a log resumed from its stored state, the listing it was made from, and
+    /// what was lost while the shipper was down.
+    fn resume_log(
+        &mut self,
+        names: &Names,
+        mut listing: plan::Listing,
+        saved: Saved,
+    ) -> (LogPlan, plan::Listing, Vec<plan::Lost>) {
+        let referenced: Vec<generation::Key> = saved
+            .cursor
+            .iter()
+            .filter_map(|c| match c.generation {
+                plan::Gen::Backup(k) => Some(k),
+                plan::Gen::Live(_) => None,
+            })
+            .chain(saved.pending.iter().map(|p| p.0))
+            .collect();
+        listing::confirm_keys(names, &mut listing, &referenced);
+        if let Some(plan::Gen::Live(ino)) = saved.cursor.as_ref().map(|c| c.generation)
+            && listing.live.is_none_or(|(live, _)| live != ino)
+        {
+            // Rotated while we were down, under a key not known yet: a second read of the
+            // directory covers a first one that missed it mid-compression.
+            if let Ok(again) = listing::list(names) {
+                listing::merge(&mut listing, again);
+            }
+        }
+        let path = names.live_path();
+        ::log::debug!("{}: resuming at {:?}", path.display(), saved.cursor);
+        let fp = saved.cursor.as_ref().map(|c| c.fp);
+        let mut by_fp = |g| {
+            let yes = fp.is_none_or(|fp| listing::confirms(names, &listing, g, fp));
+            ::log::debug!("{}: is {g:?} the cursor's ({fp:?})? {yes}", path.display());
+            yes
+        };
+        let (plan, losses) = LogPlan::resume(saved, &listing, &mut by_fp, &mut self.serials);
+        (plan, listing, losses)
     }
 
     /// Reads what is new and hands it to `on`, oldest generation first. While paused it reads
