@@ -182,7 +182,10 @@ impl Tailer {
             logs: Vec::new(),
             store,
             first_start: problem.is_some(),
-            must_write: problem.is_some() || v1.is_some(),
+            // From the end, a first start must be written at once: a second first start would
+            // take what was rotated meanwhile for history. From the beginning, a start that
+            // ends before its first commit is saved is simply a first start again.
+            must_write: (problem.is_some() && cfg.start_at == StartAt::End) || v1.is_some(),
             // What is stored: a start that changes nothing does not write it again.
             last_saved: dormant.clone(),
             dormant,
@@ -198,10 +201,13 @@ impl Tailer {
             cfg,
         };
         tailer.discover();
-        // Saved at once: a first start that ends before its first commit must not be a first
-        // start again (which would take what was rotated meanwhile for history), and the
-        // previous format is replaced by cursors.
-        tailer.save()?;
+        if tailer.first_start && !tailer.must_write {
+            // Nothing to store before the first commit (see `must_write`).
+            tailer.last_saved = tailer.state();
+        } else {
+            // A first start from the end, an upgrade, or losses found at resume.
+            tailer.save()?;
+        }
         if let (Some(w), Some(name)) = (tailer.watcher.as_mut(), literal_name) {
             // Count creations from here on (what start-up listed is the baseline).
             w.count_creations_of(std::ffi::OsStr::new(&name));
@@ -436,12 +442,7 @@ impl Tailer {
 
     /// Makes the commits durable (only when something changed).
     pub fn save(&mut self) -> io::Result<()> {
-        let mut all: Vec<(PathBuf, Saved)> = self
-            .logs
-            .iter_mut()
-            .map(|l| (l.names.live_path(), l.plan.settle()))
-            .collect();
-        all.extend(self.dormant.iter().cloned());
+        let all = self.state();
         if all == self.last_saved && !self.must_write {
             return Ok(());
         }
@@ -451,6 +452,17 @@ impl Tailer {
         self.v1 = None;
         self.must_write = false;
         Ok(())
+    }
+
+    /// What would be stored now, per log (generations committed to their end are left).
+    fn state(&mut self) -> Vec<(PathBuf, Saved)> {
+        let mut all: Vec<(PathBuf, Saved)> = self
+            .logs
+            .iter_mut()
+            .map(|l| (l.names.live_path(), l.plan.settle()))
+            .collect();
+        all.extend(self.dormant.iter().cloned());
+        all
     }
 
     /// Number of files currently open.

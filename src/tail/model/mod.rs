@@ -58,6 +58,11 @@ struct Record {
     windows: Vec<(Option<i64>, i64)>,
     unseen: u64,
     saved: Option<Saved>,
+    /// Generations pruned before any cursor was stored: the shipper had not started durably
+    /// (see `LogPlan::settle`), and a restart is a first start again.
+    unanchored: Vec<usize>,
+    /// A cursor has been stored once.
+    anchored: bool,
     trace: Vec<String>,
     verbose: bool,
 }
@@ -110,9 +115,6 @@ impl Reader {
             r.report(w, rec, &lost)?;
         }
         r.hold(w);
-        if rec.saved.is_none() {
-            rec.saved = Some(r.plan.settle());
-        }
         Ok(r)
     }
 
@@ -341,6 +343,7 @@ impl Reader {
     fn save(&mut self, w: &Writer, rec: &mut Record) {
         let saved = self.plan.settle();
         rec.note(|| format!("save {saved:?}"));
+
         let unsettled: Vec<usize> = self
             .plan
             .slots
@@ -395,6 +398,7 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
     let steps = 10 + rng.below(40);
     for _ in 0..steps {
         rec.grow(&w);
+        let pruned_before = w.pruned.len();
         match rng.below(100) {
             0..=29 => {
                 for _ in 0..1 + rng.below(3) {
@@ -446,6 +450,10 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
             }
         }
         rec.grow(&w);
+        rec.anchored |= rec.saved.as_ref().is_some_and(|s| s.cursor.is_some());
+        if !rec.anchored {
+            rec.unanchored.extend(&w.pruned[pruned_before..]);
+        }
     }
     finish(&w, rec, reader, max_held)
 }
@@ -500,6 +508,12 @@ fn finish(
         if w.pruned_out_of_order.contains(&g) {
             // A limit, not a bug: with the clock stepped back, pruning by key can delete a
             // newer generation while an older one stays, and nothing then names the newer.
+            continue;
+        }
+        if rec.unanchored.contains(&g) {
+            // Before the first cursor is stored (a first start on an empty log, nothing
+            // committed yet) a restart is a first start again: what was pruned before it is
+            // like history from before the installation, not a loss the shipper can name.
             continue;
         }
         if !uncovered.iter().any(|(u, _)| *u == g) {

@@ -55,6 +55,8 @@ pub struct Writer {
     /// Generations (plain inodes) pruned while an older one stayed: the clock had stepped
     /// back, and lumberjack prunes by key.
     pub pruned_out_of_order: Vec<usize>,
+    /// Every generation (plain inode) pruned, in order.
+    pub pruned: Vec<usize>,
 }
 
 pub fn key_at(t: u64) -> Key {
@@ -84,6 +86,7 @@ impl Writer {
             compress: rng.chance(50),
             created: 0,
             pruned_out_of_order: Vec::new(),
+            pruned: Vec::new(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Writer {
                 break;
             };
             let ino = self.key_ino[&k];
+            self.pruned.push(ino);
             if self.backups.keys().any(|other| self.key_ino[other] < ino) {
                 self.pruned_out_of_order.push(ino);
             }

@@ -352,10 +352,11 @@ impl LogPlan {
         let cursor = match self.slots.first() {
             // A live file that cannot be recognised by its start yet (empty, or shorter than
             // a line) and has nothing committed is named by the generation before it: after a
-            // restart, every key after that one is unread, so it is found by its key.
-            Some(s) if unrecognisable(s) && self.last_settled.is_some() => {
-                self.last_settled.clone()
-            }
+            // restart, every key after that one is unread, so it is found by its key. With
+            // none before it (a first start on an empty log), there is no cursor: a restart
+            // reads every generation not known from its start, which loses nothing committed.
+            // (Not reported then: that file rotated and pruned while the shipper was down.)
+            Some(s) if unrecognisable(s) => self.last_settled.clone(),
             Some(s) => Some(cursor_of(s)),
             None => self.last_settled.clone(),
         };
