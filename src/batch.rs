@@ -1,19 +1,28 @@
-//! Batch: extracted events → one gzip member holding the exact `/plain/batch` body
-//! (events joined by `\n`), ready to be spooled and POSTed as is (DESIGN.md §5, §6).
+//! Batch: extracted events → one gzip member holding the exact request body, ready to be
+//! spooled and POSTed as is (DESIGN.md §5, §6, §7). Two bodies ([`IntakeFormat`]):
+//!
+//! - **`/array`** (the default): `[{"intake_key":K,"json":"<event>","timestamp":"<time>"},…]`.
+//!   Every entry carries its own event time, so a batch is cut by size, count and linger
+//!   only: a quiet cluster's history fills 1 MiB batches instead of one request per second
+//!   of event time. The caller hands each event already written as a JSON string
+//!   ([`crate::extract::json_string_of_bytes`]); the envelope is added here, the key's part
+//!   of it escaped once when the batcher is made. An event without a time gets no
+//!   `timestamp` (the intake then uses its reception time).
+//! - **`/plain/batch`**: events joined by `\n`, one event time per request (the
+//!   `X-SEKOIAIO-EVENT-TIMESTAMP` header, the batch's earliest), so a batch also spans at
+//!   most `max_spread` of `requestReceivedTimestamp`. Timestamps are not monotonic in an
+//!   audit log, so the spread is max − min of the batch, not last − first.
 //!
 //! Invariants owned here:
 //! - A batch holds at most `max_bytes` of uncompressed body and `max_events` events, and
 //!   never more than [`MAX_BODY_BYTES`] of body before compression: the intake refuses a
 //!   request of 10,485,760 bytes or more (whether before or after decompression is not
-//!   documented). `max_bytes` is capped to it, and a batch of a single event fits since the
-//!   events given are within [`MAX_EVENT_BYTES`] (the extractor's and the records' limit).
-//! - Its events' `requestReceivedTimestamp`s span at most `max_spread`: the intake takes one
-//!   event time per request (`X-SEKOIAIO-EVENT-TIMESTAMP`), the batch's earliest.
-//!   Timestamps are not monotonic in an audit log, so the spread is max − min of the batch,
-//!   not last − first.
+//!   documented). `max_bytes` is capped to it, and a batch of a single event fits since
+//!   events are within [`MAX_EVENT_BYTES`] (for `/array`: the escaped string, checked here).
 //! - A batch is sealed when the next event would break a limit, when it has lingered
 //!   `linger` since its first event, and on shutdown ([`Batcher::seal_all`]).
 //! - Critical and bulk events never share a batch: they are spooled and sent separately.
+//! - The key written into `/array` bodies is a secret: no `Debug` here shows it.
 
 use crate::config::MAX_BODY_BYTES;
 use crate::extract::MAX_EVENT_BYTES;
@@ -23,11 +32,32 @@ use flate2::write::GzEncoder;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+/// Which intake endpoint, and so which body, batches are made for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IntakeFormat {
+    /// `POST <base>/array`: a JSON array of entries, each with its own time.
+    #[default]
+    Array,
+    /// `POST <base>/plain/batch`: events joined by newlines, one time per request.
+    PlainBatch,
+}
+
+impl IntakeFormat {
+    /// The config's name of the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntakeFormat::Array => "array",
+            IntakeFormat::PlainBatch => "plain_batch",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {
     pub max_bytes: usize,
     pub max_events: u32,
     pub linger: Duration,
+    /// `/plain/batch` only: the widest span of event times in one batch.
     pub max_spread: Duration,
     /// gzip level, 1–9.
     pub level: u32,
@@ -51,8 +81,10 @@ impl Default for BatchLimits {
 #[derive(Debug)]
 pub struct Sealed {
     pub class: Class,
+    pub format: IntakeFormat,
     pub gz: Vec<u8>,
     pub events: u32,
+    /// Uncompressed body bytes.
     pub raw_bytes: u64,
     /// Earliest `requestReceivedTimestamp` (unix µs), when the events had one.
     pub earliest: Option<i64>,
@@ -67,13 +99,23 @@ struct Open {
     opened: Instant,
 }
 
+/// `"timestamp":"` + `2026-11-24T14:55:27.763391Z` (27 bytes, 4-digit years) + `"`: room
+/// reserved for an entry's time before it is written.
+const TIME_MEMBER: usize = 14 + 27 + 1;
+
 pub struct Batcher {
     limits: BatchLimits,
+    format: IntakeFormat,
+    /// `/array`: `{"intake_key":"<key, escaped>","json":` — every entry's start.
+    entry_head: Vec<u8>,
+    /// `/array`: one entry's envelope after the event, reused.
+    tail: Vec<u8>,
     open: [Option<Open>; 2],
 }
 
-// A batch of one event, whatever `max_bytes` is, stays within the request limit.
-const _: () = assert!(MAX_EVENT_BYTES as u64 <= MAX_BODY_BYTES);
+// A batch of one event, whatever `max_bytes` is, stays within the request limit (the
+// envelope of an `/array` entry is far below the 100 KiB of margin).
+const _: () = assert!(MAX_EVENT_BYTES as u64 + 100 * 1024 <= MAX_BODY_BYTES);
 
 fn slot(class: Class) -> usize {
     match class {
@@ -82,17 +124,48 @@ fn slot(class: Class) -> usize {
     }
 }
 
+/// Writes `event` (any JSON document) into `out` as the JSON string an `/array` entry's
+/// `json` member holds; `out` is cleared first. Returns the escaped text's length without
+/// its quotes, which is what [`MAX_EVENT_BYTES`] bounds.
+pub fn escape_event(out: &mut Vec<u8>, event: &[u8]) -> usize {
+    out.clear();
+    crate::extract::json_string_of_bytes(out, event);
+    out.len() - 2
+}
+
 impl Batcher {
-    /// A batcher within `limits`, with `max_bytes` capped to the intake's request limit.
-    pub fn new(mut limits: BatchLimits) -> Batcher {
+    /// A `/plain/batch` batcher within `limits`, with `max_bytes` capped to the intake's
+    /// request limit.
+    pub fn new(limits: BatchLimits) -> Batcher {
+        Batcher::with_format(limits, IntakeFormat::PlainBatch, "")
+    }
+
+    /// A batcher for `format`; `key` is written into `/array` entries (unused otherwise).
+    pub fn with_format(mut limits: BatchLimits, format: IntakeFormat, key: &str) -> Batcher {
         limits.max_bytes = limits.max_bytes.min(MAX_BODY_BYTES as usize);
+        let mut entry_head = Vec::new();
+        if format == IntakeFormat::Array {
+            entry_head.extend_from_slice(b"{\"intake_key\":");
+            crate::extract::json_string(&mut entry_head, key, usize::MAX);
+            entry_head.extend_from_slice(b",\"json\":");
+        }
         Batcher {
             limits,
+            format,
+            entry_head,
+            tail: Vec::with_capacity(64),
             open: [None, None],
         }
     }
 
-    /// Adds one event (no newline). Returns the batch sealed to make room, if any.
+    pub fn format(&self) -> IntakeFormat {
+        self.format
+    }
+
+    /// Adds one event. For `/plain/batch`, `event` is the event (no newline); for `/array`
+    /// it is the event as a JSON string ([`escape_event`]), of at most [`MAX_EVENT_BYTES`]
+    /// between its quotes (else `InvalidInput` and nothing is added). `ts` is the event's
+    /// time (unix µs). Returns the batch sealed to make room, if any.
     pub fn add(
         &mut self,
         class: Class,
@@ -100,14 +173,42 @@ impl Batcher {
         ts: Option<i64>,
         now: Instant,
     ) -> io::Result<Option<Sealed>> {
-        let spread = self.limits.max_spread.as_micros() as i64;
+        // The bytes this event adds to the body: its separator and, for `/array`, its
+        // envelope and the array's closing bracket.
+        let added = match self.format {
+            IntakeFormat::PlainBatch => 1 + event.len(),
+            IntakeFormat::Array => {
+                let quoted = event.len() >= 2 && event[0] == b'"' && event[event.len() - 1] == b'"';
+                if !quoted || event.len() - 2 > MAX_EVENT_BYTES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "an /array event must be a JSON string of at most {MAX_EVENT_BYTES} \
+                             bytes ({} given)",
+                            event.len()
+                        ),
+                    ));
+                }
+                self.tail.clear();
+                if let Some(t) = ts {
+                    self.tail.reserve(TIME_MEMBER + 1);
+                    self.tail.extend_from_slice(b",\"timestamp\":\"");
+                    crate::timestamp::write_micros(&mut self.tail, t);
+                    self.tail.push(b'"');
+                }
+                self.tail.push(b'}');
+                1 + self.entry_head.len() + event.len() + self.tail.len() + 1
+            }
+        };
         let mut sealed = None;
         if let Some(b) = &self.open[slot(class)] {
-            let bytes = b.raw_bytes as usize + 1 + event.len();
-            let spread_ok = match (ts, b.min_ts, b.max_ts) {
-                (Some(t), Some(lo), Some(hi)) => t.max(hi) - t.min(lo) <= spread,
+            let spread_ok = match (self.format, ts, b.min_ts, b.max_ts) {
+                (IntakeFormat::PlainBatch, Some(t), Some(lo), Some(hi)) => {
+                    t.max(hi) - t.min(lo) <= self.limits.max_spread.as_micros() as i64
+                }
                 _ => true,
             };
+            let bytes = b.raw_bytes as usize + added;
             if bytes > self.limits.max_bytes || b.events >= self.limits.max_events || !spread_ok {
                 sealed = self.seal(class)?;
             }
@@ -121,12 +222,26 @@ impl Batcher {
             max_ts: None,
             opened: now,
         });
-        if b.events > 0 {
-            b.gz.write_all(b"\n")?;
-            b.raw_bytes += 1;
+        match self.format {
+            IntakeFormat::PlainBatch => {
+                if b.events > 0 {
+                    b.gz.write_all(b"\n")?;
+                    b.raw_bytes += 1;
+                }
+                b.gz.write_all(event)?;
+                b.raw_bytes += event.len() as u64;
+            }
+            IntakeFormat::Array => {
+                // `[` opens the array, `,` separates; `]` is written when sealing (and
+                // counted in `added` already, so `raw_bytes` excludes it until then).
+                let sep: &[u8] = if b.events > 0 { b"," } else { b"[" };
+                b.gz.write_all(sep)?;
+                b.gz.write_all(&self.entry_head)?;
+                b.gz.write_all(event)?;
+                b.gz.write_all(&self.tail)?;
+                b.raw_bytes += (added - 1) as u64;
+            }
         }
-        b.gz.write_all(event)?;
-        b.raw_bytes += event.len() as u64;
         b.events += 1;
         if let Some(t) = ts {
             b.min_ts = Some(b.min_ts.map_or(t, |m| m.min(t)));
@@ -137,11 +252,16 @@ impl Batcher {
 
     /// Seals the batch of `class`, if one is open.
     pub fn seal(&mut self, class: Class) -> io::Result<Option<Sealed>> {
-        let Some(b) = self.open[slot(class)].take() else {
+        let Some(mut b) = self.open[slot(class)].take() else {
             return Ok(None);
         };
+        if self.format == IntakeFormat::Array {
+            b.gz.write_all(b"]")?;
+            b.raw_bytes += 1;
+        }
         Ok(Some(Sealed {
             class,
+            format: self.format,
             gz: b.gz.finish()?,
             events: b.events,
             raw_bytes: b.raw_bytes,
