@@ -391,4 +391,109 @@ mod tests {
         assert_eq!(sealed[0].events, 41);
         assert_eq!(sealed.iter().map(|s| s.events).sum::<u32>(), 100);
     }
+
+    fn array_entries(s: &Sealed) -> Vec<serde_json::Value> {
+        match serde_json::from_str(&body(s)).unwrap() {
+            serde_json::Value::Array(a) => a,
+            other => panic!("not an array: {other}"),
+        }
+    }
+
+    fn escaped(event: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        escape_event(&mut out, event.as_bytes());
+        out
+    }
+
+    #[test]
+    fn array_batches_carry_each_event_s_own_time_and_ignore_the_spread() {
+        let now = Instant::now();
+        let key = "k\"ey";
+        let mut b = Batcher::with_format(BatchLimits::default(), IntakeFormat::Array, key);
+        // A day apart, then none: one batch, each entry with its own time or none.
+        let day = 86_400_000_000;
+        let t0 = 1_795_532_127_763_391;
+        let events = [r#"{"a":"x\"y"}"#, r#"{"b":1}"#, r#"{"c":[]}"#];
+        for (e, ts) in events.iter().zip([Some(t0), Some(t0 + day), None]) {
+            assert!(b.add(Class::Bulk, &escaped(e), ts, now).unwrap().is_none());
+        }
+        let s = b.seal_all().unwrap().pop().unwrap();
+        assert_eq!(
+            (s.format, s.events, s.earliest),
+            (IntakeFormat::Array, 3, Some(t0))
+        );
+        assert_eq!(body(&s).len() as u64, s.raw_bytes);
+        let entries = array_entries(&s);
+        let times: Vec<Option<&str>> = entries.iter().map(|e| e["timestamp"].as_str()).collect();
+        assert_eq!(
+            times,
+            [
+                Some("2026-11-24T14:55:27.763391Z"),
+                Some("2026-11-25T14:55:27.763391Z"),
+                None
+            ]
+        );
+        for (entry, event) in entries.iter().zip(events) {
+            assert_eq!(entry["intake_key"], key);
+            assert_eq!(entry["json"], event);
+            assert_eq!(
+                entry.as_object().unwrap().len(),
+                2 + usize::from(entry.get("timestamp").is_some())
+            );
+        }
+    }
+
+    #[test]
+    fn array_batches_are_cut_by_bytes_and_count_with_the_envelope_counted() {
+        let now = Instant::now();
+        let limits = BatchLimits {
+            max_bytes: 1024,
+            max_events: 5,
+            ..BatchLimits::default()
+        };
+        let mut b = Batcher::with_format(limits, IntakeFormat::Array, "key");
+        let event = escaped(&format!(r#"{{"pad":"{}"}}"#, "p".repeat(100)));
+        let mut sealed = Vec::new();
+        for i in 0..40 {
+            sealed.extend(b.add(Class::Critical, &event, Some(i), now).unwrap());
+        }
+        sealed.extend(b.seal_all().unwrap());
+        assert_eq!(sealed.iter().map(|s| s.events).sum::<u32>(), 40);
+        for s in &sealed {
+            assert_eq!(body(s).len() as u64, s.raw_bytes);
+            assert!(s.raw_bytes <= 1024, "{}", s.raw_bytes);
+            assert_eq!(array_entries(s).len() as u32, s.events);
+        }
+        // Entries of ~190 bytes: 5 fit in 1 KiB, so the count cut them, not the size.
+        assert!(sealed.iter().all(|s| s.events == 5));
+        let small = BatchLimits {
+            max_bytes: 500,
+            ..limits
+        };
+        let mut b = Batcher::with_format(small, IntakeFormat::Array, "key");
+        let mut sealed = Vec::new();
+        for i in 0..10 {
+            sealed.extend(b.add(Class::Bulk, &event, Some(i), now).unwrap());
+        }
+        assert!(sealed.iter().all(|s| s.events == 2 && s.raw_bytes <= 500));
+    }
+
+    #[test]
+    fn an_array_event_must_come_escaped_and_within_the_limit() {
+        let now = Instant::now();
+        let mut b = Batcher::with_format(BatchLimits::default(), IntakeFormat::Array, "key");
+        let err = b.add(Class::Bulk, br#"{"raw":1}"#, None, now).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let mut big = vec![b'"'];
+        big.extend(std::iter::repeat_n(b'x', MAX_EVENT_BYTES + 1));
+        big.push(b'"');
+        assert!(b.add(Class::Bulk, &big, None, now).is_err());
+        big.remove(1);
+        assert!(b.add(Class::Bulk, &big, None, now).unwrap().is_none());
+        assert!(!b.is_empty());
+        // The error text never holds the key.
+        let mut b = Batcher::with_format(BatchLimits::default(), IntakeFormat::Array, "s3cret");
+        let err = b.add(Class::Bulk, b"x", None, now).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"));
+    }
 }

@@ -219,6 +219,8 @@ pub struct Sender {
     plain_endpoint: String,
     array_endpoint: String,
     key: String,
+    /// `[{"intake_key":"<key>",`: how an `/array` body made with the current key begins.
+    array_head: Vec<u8>,
     level: u32,
     backoff: Backoff,
     pub health: Health,
@@ -288,6 +290,13 @@ impl Sender {
             resolver,
             plain_endpoint: format!("{base}/plain/batch"),
             array_endpoint: format!("{base}/array"),
+            array_head: {
+                let mut head = b"[".to_vec();
+                head.extend_from_slice(crate::spool::ENTRY_OPEN);
+                crate::extract::json_string(&mut head, &cfg.key, usize::MAX);
+                head.push(b',');
+                head
+            },
             key: cfg.key.clone(),
             level: cfg.level,
             backoff: Backoff::new(),
@@ -371,8 +380,15 @@ impl Sender {
             let Some(seg) = s.next().cloned() else {
                 return Step::Idle;
             };
-            match s.read(&seg) {
-                Ok(Ok(body)) => (seg, body),
+            match s.read_with_head(&seg) {
+                Ok(Ok((body, head))) => {
+                    // (A key too long for the head is compared as far as the head goes.)
+                    let want = &self.array_head[..self.array_head.len().min(crate::spool::HEAD)];
+                    if seg.format == IntakeFormat::Array && !head.starts_with(want) {
+                        return self.rekey(&mut s, &seg);
+                    }
+                    (seg, body)
+                }
                 Ok(Err(reason)) => {
                     return match s.quarantine(&seg, &reason) {
                         Ok(()) => Step::Progress,
@@ -384,6 +400,27 @@ impl Sender {
         };
         let answer = self.post_as(&body, seg.format, seg.earliest);
         self.act(spool, &seg, answer)
+    }
+
+    /// An `/array` segment written with another key (the operator replaced a refused one):
+    /// rewrite it with the current key, then send it as usual. Neither key is shown.
+    fn rekey(&mut self, spool: &mut Spool, seg: &Segment) -> Step {
+        // `array_head` is `[` + the entry's opening + the key + `,`.
+        let key_json =
+            &self.array_head[1 + crate::spool::ENTRY_OPEN.len()..self.array_head.len() - 1];
+        match spool.rekey(seg, key_json, self.level) {
+            Ok(_) => {
+                log::warn!(
+                    "{}: spooled with another intake key; rewritten with the current one",
+                    seg.file_name()
+                );
+                Step::Progress
+            }
+            Err(e) => self.failed(format!(
+                "rewriting {} with the current key: {e}",
+                seg.file_name()
+            )),
+        }
     }
 
     fn act(&mut self, spool: &Mutex<Spool>, seg: &Segment, answer: Answer) -> Step {

@@ -114,13 +114,48 @@ impl Segment {
     }
 }
 
+/// How much of a decompressed body [`Spool::read_with_head`] keeps: the array's opening,
+/// the first entry's `{"intake_key":` and a key (intake keys are short tokens).
+pub const HEAD: usize = 512;
+
+/// Keeps the first [`HEAD`] bytes written to it, counts the rest away.
+struct Head(Vec<u8>);
+
+impl Write for Head {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = HEAD.saturating_sub(self.0.len()).min(buf.len());
+        self.0.extend_from_slice(&buf[..room]);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How every `/array` entry this crate writes begins.
+pub const ENTRY_OPEN: &[u8] = b"{\"intake_key\":";
+
+/// An entry without its opening and key: from just after the key's closing quote.
+fn entry_after_key(entry: &[u8]) -> Option<&[u8]> {
+    let key = entry.strip_prefix(ENTRY_OPEN)?.strip_prefix(b"\"")?;
+    let mut i = 0;
+    while i < key.len() {
+        match key[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&key[i + 1..]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// The entries of an `/array` body this crate wrote (`[{"intake_key":…},{…}]`), each
 /// without its separator. Each entry starts with `{"intake_key":`, and that text cannot
 /// occur elsewhere in the body: inside a JSON string every `"` is escaped, so `{"` only
 /// appears where an entry opens. Anything else (not an array of such entries) gives no
 /// entry, and the segment is then not split.
 fn array_entries(body: &[u8]) -> Vec<&[u8]> {
-    const OPEN: &[u8] = b"{\"intake_key\":";
+    const OPEN: &[u8] = ENTRY_OPEN;
     let inner = match body {
         [b'[', inner @ .., b']'] => inner,
         _ => return Vec::new(),
@@ -346,14 +381,66 @@ impl Spool {
     /// The segment's body, checked: a gzip stream that decompresses completely with valid
     /// CRCs and lengths. `Err(reason)` means corrupt (then [`Spool::quarantine`] it).
     pub fn read(&self, seg: &Segment) -> io::Result<Result<Vec<u8>, String>> {
+        Ok(self.read_with_head(seg)?.map(|(body, _)| body))
+    }
+
+    /// As [`Spool::read`], with the first [`HEAD`] bytes of the decompressed body (an
+    /// `/array` body's first entry opens with the key it was written with).
+    pub fn read_with_head(&self, seg: &Segment) -> io::Result<Result<(Vec<u8>, Vec<u8>), String>> {
         let body = fs::read(self.dir.join(seg.file_name()))?;
-        let mut sink = io::sink();
-        let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut sink);
+        let mut head = Head(Vec::new());
+        let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut head);
         Ok(match check {
-            Ok(_) if !body.is_empty() => Ok(body),
+            Ok(_) if !body.is_empty() => Ok((body, head.0)),
             Ok(_) => Err("empty".to_string()),
             Err(e) => Err(e.to_string()),
         })
+    }
+
+    /// Rewrites an `/array` segment so that every entry carries `key_json` (the key as a
+    /// JSON string), in place and durably (written to `tmp/`, renamed over the old file).
+    /// The key is written into the body when the batch is made; when the operator replaces
+    /// a refused key, what was spooled under the old one must go with the new one, or it
+    /// would be refused forever. Returns the segment as it now is (its size changed).
+    pub fn rekey(&mut self, seg: &Segment, key_json: &[u8], level: u32) -> io::Result<Segment> {
+        let mut text = Vec::new();
+        MultiGzDecoder::new(&fs::read(self.dir.join(seg.file_name()))?[..])
+            .read_to_end(&mut text)?;
+        let entries = array_entries(&text);
+        if seg.format != IntakeFormat::Array || entries.len() != seg.events as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not an /array body of {} entries",
+                    seg.file_name(),
+                    seg.events
+                ),
+            ));
+        }
+        let mut gz = GzEncoder::new(Vec::new(), Compression::new(level));
+        gz.write_all(b"[")?;
+        for (i, entry) in entries.iter().enumerate() {
+            let rest = entry_after_key(entry).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "an entry without its key")
+            })?;
+            if i > 0 {
+                gz.write_all(b",")?;
+            }
+            gz.write_all(ENTRY_OPEN)?;
+            gz.write_all(key_json)?;
+            gz.write_all(rest)?;
+        }
+        gz.write_all(b"]")?;
+        let body = gz.finish()?;
+        let new = Segment {
+            bytes: body.len() as u64,
+            ..seg.clone()
+        };
+        // Same name: the rename replaces the old file atomically.
+        self.write_segment(&new, &body)?;
+        self.forget(seg)?;
+        self.insert(new.clone());
+        Ok(new)
     }
 
     /// The intake accepted the segment: delete it.
