@@ -381,7 +381,7 @@ impl Sender {
                 return Step::Idle;
             };
             match s.read_with_head(&seg) {
-                Ok(Ok((body, head))) => {
+                Ok(Ok(crate::spool::Checked { body, head })) => {
                     // (A key too long for the head is compared as far as the head goes.)
                     let want = &self.array_head[..self.array_head.len().min(crate::spool::HEAD)];
                     if seg.format == IntakeFormat::Array && !head.starts_with(want) {

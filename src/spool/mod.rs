@@ -118,6 +118,14 @@ impl Segment {
 /// the first entry's `{"intake_key":` and a key (intake keys are short tokens).
 pub const HEAD: usize = 512;
 
+/// A segment read and checked ([`Spool::read_with_head`]).
+pub struct Checked {
+    /// The gzip body, as POSTed.
+    pub body: Vec<u8>,
+    /// The first [`HEAD`] bytes of the decompressed body.
+    pub head: Vec<u8>,
+}
+
 /// Keeps the first [`HEAD`] bytes written to it, counts the rest away.
 struct Head(Vec<u8>);
 
@@ -381,17 +389,17 @@ impl Spool {
     /// The segment's body, checked: a gzip stream that decompresses completely with valid
     /// CRCs and lengths. `Err(reason)` means corrupt (then [`Spool::quarantine`] it).
     pub fn read(&self, seg: &Segment) -> io::Result<Result<Vec<u8>, String>> {
-        Ok(self.read_with_head(seg)?.map(|(body, _)| body))
+        Ok(self.read_with_head(seg)?.map(|c| c.body))
     }
 
     /// As [`Spool::read`], with the first [`HEAD`] bytes of the decompressed body (an
     /// `/array` body's first entry opens with the key it was written with).
-    pub fn read_with_head(&self, seg: &Segment) -> io::Result<Result<(Vec<u8>, Vec<u8>), String>> {
+    pub fn read_with_head(&self, seg: &Segment) -> io::Result<Result<Checked, String>> {
         let body = fs::read(self.dir.join(seg.file_name()))?;
         let mut head = Head(Vec::new());
         let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut head);
         Ok(match check {
-            Ok(_) if !body.is_empty() => Ok((body, head.0)),
+            Ok(_) if !body.is_empty() => Ok(Checked { body, head: head.0 }),
             Ok(_) => Err("empty".to_string()),
             Err(e) => Err(e.to_string()),
         })
