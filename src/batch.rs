@@ -173,33 +173,7 @@ impl Batcher {
         ts: Option<i64>,
         now: Instant,
     ) -> io::Result<Option<Sealed>> {
-        // The bytes this event adds to the body: its separator and, for `/array`, its
-        // envelope and the array's closing bracket.
-        let added = match self.format {
-            IntakeFormat::PlainBatch => 1 + event.len(),
-            IntakeFormat::Array => {
-                let quoted = event.len() >= 2 && event[0] == b'"' && event[event.len() - 1] == b'"';
-                if !quoted || event.len() - 2 > MAX_EVENT_BYTES {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "an /array event must be a JSON string of at most {MAX_EVENT_BYTES} \
-                             bytes ({} given)",
-                            event.len()
-                        ),
-                    ));
-                }
-                self.tail.clear();
-                if let Some(t) = ts {
-                    self.tail.reserve(TIME_MEMBER + 1);
-                    self.tail.extend_from_slice(b",\"timestamp\":\"");
-                    crate::timestamp::write_micros(&mut self.tail, t);
-                    self.tail.push(b'"');
-                }
-                self.tail.push(b'}');
-                1 + self.entry_head.len() + event.len() + self.tail.len() + 1
-            }
-        };
+        let added = self.prepare(event, ts)?;
         let mut sealed = None;
         if let Some(b) = &self.open[slot(class)] {
             let spread_ok = match (self.format, ts, b.min_ts, b.max_ts) {
@@ -248,6 +222,36 @@ impl Batcher {
             b.max_ts = Some(b.max_ts.map_or(t, |m| m.max(t)));
         }
         Ok(sealed)
+    }
+
+    /// The bytes `event` adds to the body: its separator and, for `/array`, its envelope
+    /// (prepared in `self.tail`) and the array's closing bracket.
+    fn prepare(&mut self, event: &[u8], ts: Option<i64>) -> io::Result<usize> {
+        Ok(match self.format {
+            IntakeFormat::PlainBatch => 1 + event.len(),
+            IntakeFormat::Array => {
+                let quoted = event.len() >= 2 && event[0] == b'"' && event[event.len() - 1] == b'"';
+                if !quoted || event.len() - 2 > MAX_EVENT_BYTES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "an /array event must be a JSON string of at most {MAX_EVENT_BYTES} \
+                             bytes ({} given)",
+                            event.len()
+                        ),
+                    ));
+                }
+                self.tail.clear();
+                if let Some(t) = ts {
+                    self.tail.reserve(TIME_MEMBER + 1);
+                    self.tail.extend_from_slice(b",\"timestamp\":\"");
+                    crate::timestamp::write_micros(&mut self.tail, t);
+                    self.tail.push(b'"');
+                }
+                self.tail.push(b'}');
+                1 + self.entry_head.len() + event.len() + self.tail.len() + 1
+            }
+        })
     }
 
     /// Seals the batch of `class`, if one is open.
