@@ -14,6 +14,7 @@
 //!   each gap record at the time of its loss;
 //! - events a day old replayed after an outage arrive with their own time (`/array`, the
 //!   default, which every test here goes through), a bad line with the time it was read;
+//!   events and records that escaping would take past 250,000 bytes are cut to fit;
 //! - every intake fault of DESIGN.md §7 in turn (5xx, 400, reset, timeout, 429/503 with and
 //!   without `Retry-After`, 413), a refused connection, an untrusted certificate, and a
 //!   refused key (401, 403, 422): retried, health fails for the key, nothing dropped;
@@ -24,7 +25,7 @@
 
 mod support;
 
-use kube_audit_shipper::extract::Extractor;
+use kube_audit_shipper::extract::{Extractor, MAX_EVENT_BYTES};
 use kube_audit_shipper::spool::{Class, classify};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -983,6 +984,55 @@ fn an_event_replayed_after_an_outage_carries_its_own_time() {
     }
     assert_eq!(checked, 300);
     assert!(intake.requests().iter().all(|r| r.path == "/array"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn events_that_escaping_makes_too_large_are_trimmed_to_fit_not_refused() {
+    // In an `/array` entry the event is a JSON string: every `"` and `\\` doubles. The
+    // intake's 250,000-byte limit is held on that escaped text (the emulator refuses more
+    // with a 413), so an event of 140 KB of escaped quotes, within the limit as it is, must be cut
+    // further; a bad line of quotes, forwarded as a record, too.
+    let dir = workdir("escaped-limit");
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(&dir, (4 * 1024 * 1024, 20, false), "output: raw\n");
+    let child = start(&cfg);
+    let samples = samples();
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let (line, id) = fresh_event(&samples, 11, i);
+        // Big ones and small ones, in turn.
+        let line = if i % 2 == 0 {
+            line.replacen('{', &format!("{{\"pad\":\"{}\",", "\\\"".repeat(70_000)), 1)
+        } else {
+            line
+        };
+        writer.write_line(&line);
+        ids.push(id);
+    }
+    writer.write_line(&"\"".repeat(300_000));
+    wait_delivered("every event", &intake, &ids, Duration::from_secs(30));
+    wait_for("the unparsed record", Duration::from_secs(30), || {
+        received(&intake).1.len() == 1
+    });
+    let m = metrics(port);
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert!(
+        intake.requests().iter().all(|r| r.status == 200),
+        "nothing refused"
+    );
+    assert_eq!(m["kas_events_truncated_total"], 3);
+    for (event, _) in intake.timed_events() {
+        let escaped = serde_json::to_string(&event).unwrap().len() - 2;
+        assert!(escaped <= MAX_EVENT_BYTES, "{escaped}");
+    }
+    let (_, records) = received(&intake);
+    assert_eq!(records[0]["kube_audit_shipper"]["truncated"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
