@@ -90,13 +90,39 @@ pub struct Sealed {
     pub earliest: Option<i64>,
 }
 
+/// Bytes gathered before they go to the gzip encoder. Every write to the encoder is a
+/// compressor call and a CRC update, whose fixed cost dominated for the small pieces an
+/// `/array` entry is made of (separator, key, time: profiled, `crc32_braid` on tiny
+/// slices); written in 32 KiB runs instead.
+const STAGE: usize = 32 * 1024;
+
 struct Open {
     gz: GzEncoder<Vec<u8>>,
+    /// Up to [`STAGE`] bytes of body not yet given to `gz`.
+    staged: Vec<u8>,
     events: u32,
     raw_bytes: u64,
     min_ts: Option<i64>,
     max_ts: Option<i64>,
     opened: Instant,
+}
+
+impl Open {
+    /// Appends body bytes: gathered in `staged`, large pieces written through.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let through = bytes.len() >= STAGE / 2;
+        // What was gathered goes first, whenever anything goes to the encoder.
+        if through || self.staged.len() + bytes.len() > STAGE {
+            self.gz.write_all(&self.staged)?;
+            self.staged.clear();
+        }
+        if through {
+            self.gz.write_all(bytes)
+        } else {
+            self.staged.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
 }
 
 /// `"timestamp":"` + `2026-11-24T14:55:27.763391Z` (27 bytes, 4-digit years) + `"`: room
@@ -190,6 +216,7 @@ impl Batcher {
         let level = self.limits.level;
         let b = self.open[slot(class)].get_or_insert_with(|| Open {
             gz: GzEncoder::new(Vec::with_capacity(64 * 1024), Compression::new(level)),
+            staged: Vec::with_capacity(STAGE),
             events: 0,
             raw_bytes: 0,
             min_ts: None,
@@ -199,20 +226,20 @@ impl Batcher {
         match self.format {
             IntakeFormat::PlainBatch => {
                 if b.events > 0 {
-                    b.gz.write_all(b"\n")?;
+                    b.put(b"\n")?;
                     b.raw_bytes += 1;
                 }
-                b.gz.write_all(event)?;
+                b.put(event)?;
                 b.raw_bytes += event.len() as u64;
             }
             IntakeFormat::Array => {
                 // `[` opens the array, `,` separates; `]` is written when sealing (and
                 // counted in `added` already, so `raw_bytes` excludes it until then).
                 let sep: &[u8] = if b.events > 0 { b"," } else { b"[" };
-                b.gz.write_all(sep)?;
-                b.gz.write_all(&self.entry_head)?;
-                b.gz.write_all(event)?;
-                b.gz.write_all(&self.tail)?;
+                b.put(sep)?;
+                b.put(&self.entry_head)?;
+                b.put(event)?;
+                b.put(&self.tail)?;
                 b.raw_bytes += (added - 1) as u64;
             }
         }
@@ -260,9 +287,10 @@ impl Batcher {
             return Ok(None);
         };
         if self.format == IntakeFormat::Array {
-            b.gz.write_all(b"]")?;
+            b.put(b"]")?;
             b.raw_bytes += 1;
         }
+        b.gz.write_all(&b.staged)?;
         Ok(Some(Sealed {
             class,
             format: self.format,
@@ -499,5 +527,29 @@ mod tests {
         let mut b = Batcher::with_format(BatchLimits::default(), IntakeFormat::Array, "s3cret");
         let err = b.add(Class::Bulk, b"x", None, now).unwrap_err();
         assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn small_and_large_events_keep_their_order_through_the_staging_buffer() {
+        let now = Instant::now();
+        let limits = BatchLimits {
+            max_bytes: usize::MAX,
+            max_events: 100_000,
+            ..BatchLimits::default()
+        };
+        let mut b = Batcher::new(limits);
+        let mut want = Vec::new();
+        // Sizes around the staging buffer's thresholds, in an order that mixes them.
+        for (i, size) in [10, 20_000, 5, 16_383, 16_384, 40_000, 1, 32_768, 7]
+            .iter()
+            .enumerate()
+        {
+            let event = format!("{i}:{}", "x".repeat(*size));
+            b.add(Class::Bulk, event.as_bytes(), None, now).unwrap();
+            want.push(event);
+        }
+        let s = b.seal_all().unwrap().pop().unwrap();
+        assert_eq!(body(&s), want.join("\n"));
+        assert_eq!(body(&s).len() as u64, s.raw_bytes);
     }
 }
