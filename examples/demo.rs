@@ -9,8 +9,11 @@
 //! and the service's CPU time and peak RSS (from wait4).
 //!
 //! Options (environment): DEMO_EVENTS (default 40000), DEMO_RATE events/s (default 4000),
-//! DEMO_ROTATE_MB (default 4), DEMO_BACKUPS (default 5). `benches/e2e.sh` runs it at
-//! ≥ 500 MB as fast as the writer goes.
+//! DEMO_ROTATE_MB (default 4), DEMO_BACKUPS (default 5), DEMO_PACE (the events'
+//! `requestReceivedTimestamp`: `now` (default) the time of writing; a number of milliseconds
+//! between consecutive events; or `fixture`, the fixture's own times, a quiet cluster's
+//! history, repeated end to end), DEMO_INTAKE_FORMAT (`array` (default) or `plain_batch`).
+//! `benches/e2e.sh` runs it at ≥ 500 MB as fast as the writer goes, at three paces.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -21,6 +24,70 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::apiserver::AuditWriter;
 use support::intake::{Emulator, Options};
+
+/// What the events' `requestReceivedTimestamp` is (DEMO_PACE).
+enum Pace {
+    /// The time of writing (as `fresh_event` sets it).
+    Now,
+    /// Consecutive events this many microseconds apart, ending about now.
+    Every(i64),
+    /// The fixture's own times (each sample's, from the earliest), its span repeated end
+    /// to end.
+    Fixture { offsets: Vec<i64>, span: i64 },
+}
+
+impl Pace {
+    fn from_env(samples: &[String]) -> Pace {
+        match std::env::var("DEMO_PACE").as_deref() {
+            Err(_) | Ok("now") => Pace::Now,
+            Ok("fixture") => {
+                let times: Vec<i64> = samples
+                    .iter()
+                    .map(|s| {
+                        support::apiserver::get_string(s, "requestReceivedTimestamp")
+                            .and_then(kube_audit_shipper::timestamp::parse_micros)
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                let first = times.iter().copied().min().unwrap_or(0);
+                let last = times.iter().copied().max().unwrap_or(0);
+                Pace::Fixture {
+                    offsets: times.iter().map(|t| t - first).collect(),
+                    span: last - first + 1_000_000,
+                }
+            }
+            Ok(ms) => match ms.parse::<f64>() {
+                Ok(ms) if ms > 0.0 => Pace::Every((ms * 1000.0) as i64),
+                _ => panic!("DEMO_PACE: expected now, fixture or milliseconds, got {ms:?}"),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Pace::Now => "the time of writing".into(),
+            Pace::Every(us) => format!("{} ms apart", *us as f64 / 1000.0),
+            Pace::Fixture { .. } => "the fixture's own pace".into(),
+        }
+    }
+
+    /// Sets event `i`'s times (the line is sample `i` made fresh).
+    fn stamp(&self, line: &mut String, i: u64) {
+        // A fixed origin: the same run of events gets the same times.
+        let origin = 1_795_000_000_000_000;
+        let t = match self {
+            Pace::Now => return,
+            Pace::Every(us) => origin + i as i64 * us,
+            Pace::Fixture { offsets, span } => {
+                let n = offsets.len().max(1) as u64;
+                origin + (i / n) as i64 * span + offsets[(i % n) as usize]
+            }
+        };
+        let t = kube_audit_shipper::timestamp::format_micros(t);
+        support::apiserver::set_string(line, "requestReceivedTimestamp", &t);
+        support::apiserver::set_string(line, "stageTimestamp", &t);
+    }
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -34,6 +101,7 @@ fn main() {
     let rate = env_or("DEMO_RATE", 4_000).max(1);
     let rotate_mb = env_or("DEMO_ROTATE_MB", 4).max(1);
     let backups = env_or("DEMO_BACKUPS", 5) as usize;
+    let intake_format = std::env::var("DEMO_INTAKE_FORMAT").unwrap_or_else(|_| "array".into());
     let work = std::env::temp_dir().join(format!("kube-audit-shipper-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work directory");
@@ -51,7 +119,8 @@ fn main() {
         &config,
         format!(
             "logfiles:\n  - filepath: {}\n    intakekey: {key}\nintake_url: {}\nca_file: {}\n\
-             state_dir: {}\nmetrics_address: 127.0.0.1:{metrics_port}\n",
+             state_dir: {}\nmetrics_address: 127.0.0.1:{metrics_port}\n\
+             intake_format: {intake_format}\n",
             writer.path().display(),
             intake.url,
             intake.ca_file.display(),
@@ -72,6 +141,7 @@ fn main() {
 
     // Replay the real samples with fresh IDs and times, at `rate` events/s.
     let samples = support::corpus::samples();
+    let pace = Pace::from_env(&samples);
     let mut written: HashMap<String, u32> = HashMap::new();
     let mut raw_bytes = 0u64;
     let started = Instant::now();
@@ -80,7 +150,8 @@ fn main() {
         writer.path().display()
     );
     for i in 0..events {
-        let (line, identity) = support::apiserver::fresh_event(&samples, std::process::id(), i);
+        let (mut line, identity) = support::apiserver::fresh_event(&samples, std::process::id(), i);
+        pace.stamp(&mut line, i);
         *written.entry(identity).or_default() += 1;
         raw_bytes += line.len() as u64 + 1;
         writer.write_line(&line);
@@ -169,6 +240,10 @@ fn main() {
         received.len(),
         requests.len(),
         requests.iter().filter(|r| r.status == 200).count()
+    );
+    println!(
+        "  event times     {} · intake_format {intake_format}",
+        pace.describe()
     );
     println!("  lost            {lost}");
     println!("  duplicates      {dups}");

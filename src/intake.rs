@@ -1,9 +1,16 @@
 //! Intake: sends spooled segments to the SEKOIA.IO HTTP intake (DESIGN.md §7).
 //!
-//! `POST <base>/plain/batch`, the segment's gzip body as is (`Content-Encoding: gzip`), the
-//! intake key in `X-SEKOIAIO-INTAKE-KEY`, the batch's earliest event time in
-//! `X-SEKOIAIO-EVENT-TIMESTAMP`. One attempt per [`Sender::deliver_next`]; what to do next
-//! is decided here and returned as a [`Step`], so the caller's loop stays trivial:
+//! Each segment is POSTed as spooled (`Content-Encoding: gzip`), to the endpoint of the body
+//! it holds ([`IntakeFormat`], from the segment's name):
+//! - `POST <base>/array` (the default format): a JSON array whose entries carry the intake
+//!   key, the event as a JSON string and the event's own time; no key header.
+//! - `POST <base>/plain/batch` (`intake_format: plain_batch`, and every segment spooled
+//!   before `/array` existed): events joined by newlines, the key in
+//!   `X-SEKOIAIO-INTAKE-KEY`, the batch's earliest event time in
+//!   `X-SEKOIAIO-EVENT-TIMESTAMP`.
+//!
+//! One attempt per [`Sender::deliver_next`]; what to do next is decided here and returned
+//! as a [`Step`], so the caller's loop stays trivial:
 //!
 //! | answer | action |
 //! |---|---|
@@ -16,17 +23,88 @@
 //! TLS is rustls with the ring provider and webpki roots built in (minimal hosts often lack
 //! a CA bundle); a CA file, a client certificate and a proxy are optional. The key is a
 //! secret: it is never logged or put in an error message.
+//!
+//! One [`ureq::Agent`] per sender, so one kept-alive TLS connection serves request after
+//! request. ureq resolves the host before it looks in its connection pool, on every
+//! request, and with a timeout set (we always set one) its resolver does each lookup on a
+//! new thread: a thread per POST, even over a reused connection. [`CachingResolver`] keeps
+//! the last answer for [`DNS_TTL`] and forgets it when a request fails at the transport
+//! level (the address may have moved), so a lookup — and its thread — happens once per
+//! TTL, not once per request.
 
+use crate::batch::IntakeFormat;
 use crate::spool::{Segment, Spool};
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
+
+/// How long a resolved intake address is reused (a failed request forgets it sooner).
+pub const DNS_TTL: Duration = Duration::from_secs(300);
+
+/// ureq's resolver with a one-entry cache (a sender talks to one host, or one proxy).
+#[derive(Debug, Default)]
+pub struct CachingResolver {
+    inner: DefaultResolver,
+    /// `host:port`, its addresses, when they were looked up.
+    last: Mutex<Option<(String, ResolvedSocketAddrs, Instant)>>,
+    lookups: AtomicU64,
+}
+
+impl CachingResolver {
+    /// Drops the cached answer: the next request looks the host up again.
+    pub fn forget(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Lookups done (cache misses) since start.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
+/// The agent owns its resolver; the sender keeps a handle to forget and count.
+#[derive(Debug)]
+struct SharedResolver(Arc<CachingResolver>);
+
+impl Resolver for SharedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => DefaultResolver::host_and_port(scheme, authority),
+            _ => None,
+        };
+        let cache = &self.0;
+        if let Some(key) = &key {
+            let last = cache.last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((k, addrs, at)) = last.as_ref()
+                && k == key
+                && at.elapsed() < DNS_TTL
+            {
+                return Ok(addrs.clone());
+            }
+        }
+        cache.lookups.fetch_add(1, Ordering::Relaxed);
+        let addrs = cache.inner.resolve(uri, config, timeout)?;
+        if let Some(key) = key {
+            *cache.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((key, addrs.clone(), Instant::now()));
+        }
+        Ok(addrs)
+    }
+}
 
 #[derive(Clone)]
 pub struct IntakeConfig {
-    /// Base URL (a region's, or any other); `/plain/batch` is appended.
+    /// Base URL (a region's, or any other); `/array` or `/plain/batch` is appended.
     pub url: String,
     pub key: String,
     /// PEM CA bundle to trust instead of the built-in roots.
@@ -136,8 +214,13 @@ pub const KEY_REFUSED_RETRY: Duration = Duration::from_secs(60);
 
 pub struct Sender {
     agent: ureq::Agent,
-    endpoint: String,
+    resolver: Arc<CachingResolver>,
+    /// `<base>/plain/batch`, `<base>/array`.
+    plain_endpoint: String,
+    array_endpoint: String,
     key: String,
+    /// `[{"intake_key":"<key>",`: how an `/array` body made with the current key begins.
+    array_head: Vec<u8>,
     level: u32,
     backoff: Backoff,
     pub health: Health,
@@ -187,18 +270,33 @@ impl Sender {
             Some(p) => Some(ureq::Proxy::new(p).map_err(|e| format!("proxy {p:?}: {e}"))?),
             None => ureq::Proxy::try_from_env(),
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_global(Some(cfg.timeout))
             .max_redirects(0)
             .proxy(proxy)
             .user_agent(concat!("kube-audit-shipper/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let resolver = Arc::new(CachingResolver::default());
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            SharedResolver(resolver.clone()),
+        );
+        let base = cfg.url.trim_end_matches('/');
         Ok(Sender {
             agent,
-            endpoint: format!("{}/plain/batch", cfg.url.trim_end_matches('/')),
+            resolver,
+            plain_endpoint: format!("{base}/plain/batch"),
+            array_endpoint: format!("{base}/array"),
+            array_head: {
+                let mut head = b"[".to_vec();
+                head.extend_from_slice(crate::spool::ENTRY_OPEN);
+                crate::extract::json_string(&mut head, &cfg.key, usize::MAX);
+                head.push(b',');
+                head
+            },
             key: cfg.key.clone(),
             level: cfg.level,
             backoff: Backoff::new(),
@@ -206,22 +304,48 @@ impl Sender {
         })
     }
 
-    /// One POST of a gzip body.
+    /// DNS lookups made so far (see [`CachingResolver`]).
+    pub fn dns_lookups(&self) -> u64 {
+        self.resolver.lookups()
+    }
+
+    /// One POST of a gzip body to `/plain/batch` (`check` probes the key with an empty one:
+    /// there the key is in a header, so an empty body still tests it).
     pub fn post(&self, gz_body: &[u8], earliest: Option<i64>) -> Answer {
-        let mut req = self
-            .agent
-            .post(&self.endpoint)
-            .header("Content-Type", "text/plain")
-            .header("Content-Encoding", "gzip")
-            .header("X-SEKOIAIO-INTAKE-KEY", &self.key);
-        let stamp = earliest.map(crate::timestamp::format_micros);
-        if let Some(t) = &stamp {
-            req = req.header("X-SEKOIAIO-EVENT-TIMESTAMP", t);
-        }
-        let mut resp = match req.send(gz_body) {
+        self.post_as(gz_body, IntakeFormat::PlainBatch, earliest)
+    }
+
+    /// One POST of a gzip body of `format`; `earliest` is the `/plain/batch` header's time.
+    pub fn post_as(&self, gz_body: &[u8], format: IntakeFormat, earliest: Option<i64>) -> Answer {
+        let req = match format {
+            // The key and the times are in the body.
+            IntakeFormat::Array => self
+                .agent
+                .post(&self.array_endpoint)
+                .header("Content-Type", "application/json"),
+            IntakeFormat::PlainBatch => {
+                let req = self
+                    .agent
+                    .post(&self.plain_endpoint)
+                    .header("Content-Type", "text/plain")
+                    .header("X-SEKOIAIO-INTAKE-KEY", &self.key);
+                match earliest {
+                    Some(t) => req.header(
+                        "X-SEKOIAIO-EVENT-TIMESTAMP",
+                        crate::timestamp::format_micros(t),
+                    ),
+                    None => req,
+                }
+            }
+        };
+        let sent = req.header("Content-Encoding", "gzip").send(gz_body);
+        let mut resp = match sent {
             Ok(r) => r,
-            // ureq's errors name the URL, never the headers: no key in them.
-            Err(e) => return Answer::Failed(e.to_string()),
+            // ureq's errors name the URL, never the headers or the body: no key in them.
+            Err(e) => {
+                self.resolver.forget();
+                return Answer::Failed(e.to_string());
+            }
         };
         let code = resp.status().as_u16();
         let retry_after = resp
@@ -278,8 +402,15 @@ impl Sender {
             let Some(seg) = s.next().cloned() else {
                 return Step::Idle;
             };
-            match s.read(&seg) {
-                Ok(Ok(body)) => (seg, body),
+            match s.read_with_head(&seg) {
+                Ok(Ok(crate::spool::Checked { body, head })) => {
+                    // (A key too long for the head is compared as far as the head goes.)
+                    let want = &self.array_head[..self.array_head.len().min(crate::spool::HEAD)];
+                    if seg.format == IntakeFormat::Array && !head.starts_with(want) {
+                        return self.rekey(&mut s, &seg);
+                    }
+                    (seg, body)
+                }
                 Ok(Err(reason)) => {
                     return match s.quarantine(&seg, &reason) {
                         Ok(()) => Step::Progress,
@@ -289,8 +420,29 @@ impl Sender {
                 Err(e) => return self.failed(format!("reading {}: {e}", seg.file_name())),
             }
         };
-        let answer = self.post(&body, seg.earliest);
+        let answer = self.post_as(&body, seg.format, seg.earliest);
         self.act(spool, &seg, answer)
+    }
+
+    /// An `/array` segment written with another key (the operator replaced a refused one):
+    /// rewrite it with the current key, then send it as usual. Neither key is shown.
+    fn rekey(&mut self, spool: &mut Spool, seg: &Segment) -> Step {
+        // `array_head` is `[` + the entry's opening + the key + `,`.
+        let key_json =
+            &self.array_head[1 + crate::spool::ENTRY_OPEN.len()..self.array_head.len() - 1];
+        match spool.rekey(seg, key_json, self.level) {
+            Ok(_) => {
+                log::warn!(
+                    "{}: spooled with another intake key; rewritten with the current one",
+                    seg.file_name()
+                );
+                Step::Progress
+            }
+            Err(e) => self.failed(format!(
+                "rewriting {} with the current key: {e}",
+                seg.file_name()
+            )),
+        }
     }
 
     fn act(&mut self, spool: &Mutex<Spool>, seg: &Segment, answer: Answer) -> Step {

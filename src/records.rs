@@ -20,13 +20,17 @@
 //! `truncated` (copytruncate), `too_many_rotated`, `unreadable`, `line_too_long` (a line over
 //! `max_line_bytes`, with `offset`), and `evicted` (bulk events dropped under the spool cap,
 //! with `lost_events` and `first_event_at`). `exact: false` means `lost_bytes` is a lower
-//! bound. The record's batch carries the time of the loss (the evicted events' earliest time,
-//! else the detection time) as its event time.
+//! bound. A record is sent with the time of the loss (the evicted events' earliest time, else
+//! the detection time): the `timestamp` of its own `/array` entry, or with `plain_batch` the
+//! header time of the batch it is in.
 //!
 //! An **unparsed record** carries a line that is not an audit event (not JSON, not an object),
 //! so that nothing read is dropped silently: `{"kind":"KubeAuditShipperUnparsed",
 //! "kube_audit_shipper":{"record":"unparsed","error":…,"host":…,"file":…,"offset":…,
 //! "line":"<the line, as a JSON string, cut so the record fits `MAX_EVENT_BYTES`>","line_bytes":N,"truncated":bool}}`.
+//! Through `/array` it is cut to half that (escaped as the entry's `json` string, a record at
+//! most doubles) and sent with the time its line was read; with `plain_batch` it takes the
+//! time of the batch it is in.
 
 use crate::extract::json_string;
 use crate::timestamp::format_micros;

@@ -17,10 +17,10 @@
 //! SIGTERM/SIGINT: seal the open batches, store them, commit, save, return — the sender may
 //! be in the middle of a request; its segment stays in the spool and is sent again next time.
 
-use crate::batch::{Batcher, Sealed};
+use crate::batch::{Batcher, IntakeFormat, Sealed, escape_event};
 use crate::commit::{BatchMarks, Commits};
 use crate::config::{Config, LogFile};
-use crate::extract::{Extractor, Format};
+use crate::extract::{Event, Extractor, Format, MAX_EVENT_BYTES};
 use crate::filter::{self, Rule};
 use crate::intake::{Sender, Step};
 use crate::metrics::{FileMetrics, INPUT_GRACE, InputState, Metrics, now_micros};
@@ -143,6 +143,23 @@ fn slot(class: Class) -> usize {
     }
 }
 
+/// Re-renders an event whose escaped form is over [`MAX_EVENT_BYTES`] (an `/array` entry)
+/// until it fits. The output is at most `limit` bytes and its escaped form at most twice
+/// that, so the second attempt, at half the limit, always fits; the first, scaled by how
+/// much escaping grew this event, nearly always does and keeps more of it.
+#[cold]
+fn refit(event: &mut Event<'_>, format: Format, out: &mut Vec<u8>, escaped: &mut Vec<u8>) {
+    let grown = escaped.len().saturating_sub(2).max(1) as u64;
+    let scaled = (out.len() as u64 * (MAX_EVENT_BYTES as u64 - 1024) / grown) as usize;
+    for limit in [scaled, MAX_EVENT_BYTES / 2] {
+        out.clear();
+        event.write_within(format, out, limit);
+        if escape_event(escaped, out) <= MAX_EVENT_BYTES {
+            return;
+        }
+    }
+}
+
 /// A sealed batch on its way to the spool.
 struct Pending {
     sealed: Sealed,
@@ -162,6 +179,8 @@ struct Stage {
     m: Arc<FileMetrics>,
     host: String,
     out: Vec<u8>,
+    /// `/array`: `out` as a JSON string, the form the batcher takes.
+    escaped: Vec<u8>,
     raw: Vec<u8>,
     commits: Commits,
     open_lines: [u64; 2],
@@ -280,16 +299,26 @@ impl Stage {
                 }
                 let class = classify(&event);
                 let ts = event.request_received().and_then(parse_micros);
+                let format = match self.format {
+                    Format::Raw => Format::Audit,
+                    f => f,
+                };
+                let mut truncated = false;
                 if self.format == Format::Raw && self.raw.len() <= max {
                     self.out.extend_from_slice(&self.raw);
                 } else {
-                    let format = match self.format {
-                        Format::Raw => Format::Audit,
-                        f => f,
-                    };
-                    if event.write(format, &mut self.out).truncated {
-                        self.m.events_truncated.inc();
-                    }
+                    truncated = event.write(format, &mut self.out).truncated;
+                }
+                // `/array`: the limit holds for the event as a JSON string, which escaping
+                // makes longer (at most twice, `json_string_of_bytes`).
+                if self.batcher.format() == IntakeFormat::Array
+                    && escape_event(&mut self.escaped, &self.out) > MAX_EVENT_BYTES
+                {
+                    refit(&mut event, format, &mut self.out, &mut self.escaped);
+                    truncated = true;
+                }
+                if truncated {
+                    self.m.events_truncated.inc();
                 }
                 (class, ts, true)
             }
@@ -303,6 +332,11 @@ impl Stage {
                         path.display()
                     );
                 }
+                // Escaped, a record at most doubles: half the limit keeps it within.
+                let room = match self.batcher.format() {
+                    IntakeFormat::Array => MAX_EVENT_BYTES / 2,
+                    IntakeFormat::PlainBatch => max,
+                };
                 records::unparsed(
                     &mut self.out,
                     &self.host,
@@ -310,10 +344,16 @@ impl Stage {
                     offset,
                     &e.to_string(),
                     &self.raw,
-                    max,
+                    room,
                 );
-                // Unknown content: never evicted.
-                (Class::Critical, None, false)
+                self.escaped.clear();
+                // Unknown content: never evicted. Its time is when it was read (in `/array`
+                // it is the entry's own; `/plain/batch` keeps the batch's events' time).
+                let read_at = match self.batcher.format() {
+                    IntakeFormat::Array => Some(now_micros() as i64),
+                    IntakeFormat::PlainBatch => None,
+                };
+                (Class::Critical, read_at, false)
             }
         };
         self.add(class, ts, Some((pos.serial, offset, pos.end)), is_event);
@@ -323,6 +363,7 @@ impl Stage {
     fn record(&mut self, loss: &Loss<'_>, mark: Option<(u64, u64, u64)>) {
         let now = now_micros() as i64;
         self.out.clear();
+        self.escaped.clear();
         records::gap(&mut self.out, &self.host, loss, now);
         self.m.gap_records.inc();
         self.add(
@@ -347,7 +388,17 @@ impl Stage {
         is_event: bool,
     ) {
         let k = slot(class);
-        match self.batcher.add(class, &self.out, ts, Instant::now()) {
+        let body_form = match self.batcher.format() {
+            IntakeFormat::PlainBatch => &self.out,
+            IntakeFormat::Array => {
+                // Events come escaped from `line`; records (small, see `line`) are here.
+                if self.escaped.is_empty() {
+                    escape_event(&mut self.escaped, &self.out);
+                }
+                &self.escaped
+            }
+        };
+        match self.batcher.add(class, body_form, ts, Instant::now()) {
             Ok(Some(sealed)) => self.seal(k, sealed),
             Ok(None) => {}
             // Compressing into memory does not fail; if it ever does, the batch is gone and
@@ -523,13 +574,14 @@ impl Pipeline {
             tailer,
             stage: Stage {
                 extractor: Extractor::new(),
-                batcher: Batcher::new(cfg.batch),
+                batcher: Batcher::with_format(cfg.batch, cfg.intake_format, &logfile.key),
                 spool: Arc::new(Mutex::new(spool)),
                 format: cfg.format,
                 rules: logfile.rules.clone(),
                 m,
                 host: host.to_string(),
                 out: Vec::new(),
+                escaped: Vec::new(),
                 raw: Vec::new(),
                 commits: Commits::default(),
                 open_lines: [0, 0],

@@ -61,17 +61,29 @@ pub fn parse_micros(s: &str) -> Option<i64> {
 /// Formats unix microseconds as RFC 3339 UTC with microseconds, the way the API server
 /// writes `requestReceivedTimestamp` (`2026-11-24T14:55:27.763391Z`).
 pub fn format_micros(micros: i64) -> String {
+    let mut out = Vec::with_capacity(32);
+    write_micros(&mut out, micros);
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Appends the [`format_micros`] text to `out` without allocating (once `out` has room): the
+/// batcher writes one per event.
+pub fn write_micros(out: &mut Vec<u8>, micros: i64) {
+    use std::io::Write;
     let secs = micros.div_euclid(1_000_000);
     let frac = micros.rem_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
-    )
+    );
 }
 
 /// Inverse of [`days_from_civil`].

@@ -10,7 +10,11 @@
 //! - damaged and junk lines at volume: every line in exactly one counter, memory bounded,
 //!   the log thinned (`KAS_E2E_MUTATED_LINES`, default 20,000; the long version is
 //!   `KAS_E2E_MUTATED_LINES=1000000 cargo test --release --test e2e mutated -- --nocapture`);
-//! - an outage longer than the spool cap: bulk evicted and reported, critical all delivered;
+//! - an outage longer than the spool cap: bulk evicted and reported, critical all delivered,
+//!   each gap record at the time of its loss;
+//! - events a day old replayed after an outage arrive with their own time (`/array`, the
+//!   default, which every test here goes through), a bad line with the time it was read;
+//!   events and records that escaping would take past 250,000 bytes are cut to fit;
 //! - every intake fault of DESIGN.md §7 in turn (5xx, 400, reset, timeout, 429/503 with and
 //!   without `Retry-After`, 413), a refused connection, an untrusted certificate, and a
 //!   refused key (401, 403, 422): retried, health fails for the key, nothing dropped;
@@ -21,7 +25,7 @@
 
 mod support;
 
-use kube_audit_shipper::extract::Extractor;
+use kube_audit_shipper::extract::{Extractor, MAX_EVENT_BYTES};
 use kube_audit_shipper::spool::{Class, classify};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -30,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::apiserver::{AuditWriter, fresh_event, get_string};
+use support::apiserver::{AuditWriter, fresh_event, get_string, set_string};
 use support::corpus::{Rng, samples};
 use support::intake::{Emulator, Fault, Options};
 
@@ -896,6 +900,139 @@ fn an_outage_past_the_spool_cap_evicts_bulk_only_and_reports_it() {
     // Every missing event is accounted for by an eviction, reported in-band.
     assert_eq!(missing, m["kas_events_evicted_total"]);
     assert_eq!(evicted_reported, missing);
+    // Each gap record carries the time of its loss (the evicted events' earliest).
+    for (event, time) in intake.timed_events() {
+        let v = support::json(&event);
+        if v["kind"] == "KubeAuditShipperGap" {
+            let first = v["kube_audit_shipper"]["first_event_at"].as_str();
+            assert_eq!(time.as_deref(), first, "{event}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_event_replayed_after_an_outage_carries_its_own_time() {
+    // Events from a day ago, a minute apart, read while the intake is down; delivered after
+    // it returns. Through `/array` each keeps its own `requestReceivedTimestamp` as its time
+    // at the intake, not the time it was sent; a line that is not an event keeps the time it
+    // was read.
+    let dir = workdir("replay-time");
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(&dir, (4 * 1024 * 1024, 20, false), "");
+    intake.force_status(Some(503));
+    let child = start(&cfg);
+    let samples = samples();
+    let now =
+        kube_audit_shipper::timestamp::parse_micros(&kube_audit_shipper::timestamp::format_micros(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64,
+        ))
+        .unwrap();
+    let day_ago = now - 86_400_000_000;
+    let mut want = HashMap::new();
+    for i in 0..300u64 {
+        let (mut line, id) = fresh_event(&samples, 9, i);
+        let t = kube_audit_shipper::timestamp::format_micros(day_ago + i as i64 * 60_000_000);
+        set_string(&mut line, "requestReceivedTimestamp", &t);
+        writer.write_line(&line);
+        want.insert(id, t);
+    }
+    writer.write_line("not an audit event");
+    wait_for("everything spooled", Duration::from_secs(30), || {
+        let m = metrics(port);
+        m["kas_lines_read_total"] == 301 && m["kas_events_spooled_total"] == 301
+    });
+    let outage_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    intake.force_status(None);
+    wait_delivered(
+        "the replay",
+        &intake,
+        &want.keys().cloned().collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    );
+    wait_for("the unparsed record", Duration::from_secs(30), || {
+        received(&intake).1.len() == 1
+    });
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    let mut checked = 0;
+    for (event, time) in intake.timed_events() {
+        let v = support::json(&event);
+        if v["kind"] == "KubeAuditShipperUnparsed" {
+            // Read before the intake came back.
+            let t = kube_audit_shipper::timestamp::parse_micros(time.as_deref().unwrap()).unwrap();
+            assert!(t >= now && t < outage_end, "unparsed record at {time:?}");
+            continue;
+        }
+        let id = format!(
+            "{}/{}",
+            v["auditID"].as_str().unwrap(),
+            v["stage"].as_str().unwrap()
+        );
+        assert_eq!(time.as_ref(), Some(&want[&id]), "{id}");
+        checked += 1;
+    }
+    assert_eq!(checked, 300);
+    assert!(intake.requests().iter().all(|r| r.path == "/array"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn events_that_escaping_makes_too_large_are_trimmed_to_fit_not_refused() {
+    // In an `/array` entry the event is a JSON string: every `"` and `\\` doubles. The
+    // intake's 250,000-byte limit is held on that escaped text (the emulator refuses more
+    // with a 413), so an event of 140 KB of escaped quotes, within the limit as it is, must be cut
+    // further; a bad line of quotes, forwarded as a record, too.
+    let dir = workdir("escaped-limit");
+    let Rig {
+        intake,
+        mut writer,
+        port,
+        cfg,
+    } = rig(&dir, (4 * 1024 * 1024, 20, false), "output: raw\n");
+    let child = start(&cfg);
+    let samples = samples();
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let (line, id) = fresh_event(&samples, 11, i);
+        // Big ones and small ones, in turn.
+        let line = if i % 2 == 0 {
+            line.replacen('{', &format!("{{\"pad\":\"{}\",", "\\\"".repeat(70_000)), 1)
+        } else {
+            line
+        };
+        writer.write_line(&line);
+        ids.push(id);
+    }
+    writer.write_line(&"\"".repeat(300_000));
+    wait_delivered("every event", &intake, &ids, Duration::from_secs(30));
+    wait_for("the unparsed record", Duration::from_secs(30), || {
+        received(&intake).1.len() == 1
+    });
+    let m = metrics(port);
+    let (code, _) = stop(child);
+    assert_eq!(code, Some(0));
+    assert!(
+        intake.requests().iter().all(|r| r.status == 200),
+        "nothing refused"
+    );
+    assert_eq!(m["kas_events_truncated_total"], 3);
+    for (event, _) in intake.timed_events() {
+        let escaped = serde_json::to_string(&event).unwrap().len() - 2;
+        assert!(escaped <= MAX_EVENT_BYTES, "{escaped}");
+    }
+    let (_, records) = received(&intake);
+    assert_eq!(records[0]["kube_audit_shipper"]["truncated"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

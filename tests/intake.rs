@@ -4,7 +4,7 @@
 
 mod support;
 
-use kube_audit_shipper::batch::{BatchLimits, Batcher, Sealed};
+use kube_audit_shipper::batch::{BatchLimits, Batcher, IntakeFormat, Sealed, escape_event};
 use kube_audit_shipper::intake::{IntakeConfig, KEY_REFUSED_RETRY, Sender, Step};
 use kube_audit_shipper::spool::{Class, Spool, Stored};
 use std::path::PathBuf;
@@ -74,6 +74,27 @@ fn sealed(class: Class, tag: &str, n: usize, ts: i64) -> Sealed {
         );
         b.add(class, event.as_bytes(), Some(ts + i as i64), Instant::now())
             .unwrap();
+    }
+    b.seal(class).unwrap().unwrap()
+}
+
+/// As [`sealed`], an `/array` batch made with `key`; every third event has no time.
+fn sealed_array(class: Class, tag: &str, n: usize, ts: i64, key: &str) -> Sealed {
+    let limits = BatchLimits {
+        max_events: 100_000,
+        max_bytes: usize::MAX,
+        ..BatchLimits::default()
+    };
+    let mut b = Batcher::with_format(limits, IntakeFormat::Array, key);
+    let mut escaped = Vec::new();
+    for i in 0..n {
+        let event = format!(
+            "{{\"auditID\":\"{tag}-{i}\",\"verb\":\"get\",\"pad\":\"{}\"}}",
+            "p".repeat(100 + i % 50)
+        );
+        escape_event(&mut escaped, event.as_bytes());
+        let time = (i % 3 != 2).then_some(ts + i as i64 * 3_600_000_000);
+        b.add(class, &escaped, time, Instant::now()).unwrap();
     }
     b.seal(class).unwrap().unwrap()
 }
@@ -359,4 +380,139 @@ fn the_key_is_never_shown() {
     let emu = Emulator::start(&dir.join("emu"), Options::default());
     let cfg = config(&emu, KEY);
     assert!(!format!("{cfg:?}").contains(KEY));
+}
+
+#[test]
+fn array_batches_go_to_array_with_each_event_s_time_over_one_connection_and_one_lookup() {
+    capture_logs();
+    let dir = tmpdir("array");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let t0 = 1_795_532_127_763_391;
+    for i in 0..20 {
+        store(
+            &spool,
+            &sealed_array(Class::Bulk, &format!("a{i}"), 3, t0, KEY),
+        );
+    }
+    // By name, so that the resolver has a name to look up.
+    let mut cfg = config(&emu, KEY);
+    cfg.url = cfg.url.replace("127.0.0.1", "localhost");
+    let mut sender = Sender::new(&cfg).unwrap();
+    assert!(drain(&mut sender, &spool, 30).is_empty());
+    let reqs = emu.requests();
+    assert_eq!(reqs.len(), 20);
+    assert!(
+        reqs.iter()
+            .all(|r| r.path == "/array" && r.gzip && r.status == 200)
+    );
+    assert!(reqs.iter().all(|r| r.timestamp.is_none()), "no header time");
+    let timed = emu.timed_events();
+    assert_eq!(timed.len(), 60);
+    // Each event with its own time (an hour apart), or none.
+    let times: Vec<Option<&str>> = timed[..3].iter().map(|(_, t)| t.as_deref()).collect();
+    assert_eq!(
+        times,
+        [
+            Some("2026-11-24T14:55:27.763391Z"),
+            Some("2026-11-24T15:55:27.763391Z"),
+            None
+        ]
+    );
+    assert_eq!(ids(&emu.events())[..3], ["a0-0", "a0-1", "a0-2"]);
+    // One TLS handshake and one DNS lookup for twenty requests: the agent's connection is
+    // kept alive and the resolver's answer reused (ureq would otherwise look the name up,
+    // on a new thread, before every request).
+    assert_eq!(emu.connections(), 1, "one TLS connection");
+    assert_eq!(sender.dns_lookups(), 1, "one DNS lookup");
+}
+
+#[test]
+fn a_transport_failure_makes_the_next_request_look_the_name_up_again() {
+    capture_logs();
+    let dir = tmpdir("array-reset");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.script([Fault::ResetMidBody]);
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    store(&spool, &sealed_array(Class::Bulk, "r", 5, 0, KEY));
+    let mut cfg = config(&emu, KEY);
+    cfg.url = cfg.url.replace("127.0.0.1", "localhost");
+    let mut sender = Sender::new(&cfg).unwrap();
+    assert_eq!(drain(&mut sender, &spool, 10).len(), 1, "one failure");
+    assert_eq!(sender.dns_lookups(), 2);
+    assert_eq!(emu.events().len(), 5);
+}
+
+#[test]
+fn too_large_array_requests_are_split_until_they_pass() {
+    capture_logs();
+    let dir = tmpdir("array-413");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().max_body = 3_000;
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    store(&spool, &sealed_array(Class::Bulk, "s", 40, 0, KEY));
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    drain(&mut sender, &spool, 50);
+    let want: Vec<String> = (0..40).map(|i| format!("s-{i}")).collect();
+    assert_eq!(ids(&emu.events()), want, "every event once, in order");
+    assert!(sender.health.split_segments >= 3);
+    assert!(emu.requests().iter().any(|r| r.status == 413));
+    // Split halves keep each event's own time.
+    let timed = emu.timed_events();
+    assert!(timed[2].1.is_none() && timed[3].1.is_some());
+}
+
+#[test]
+fn a_spool_written_before_array_is_sent_to_plain_batch_with_its_time() {
+    // A segment as the previous version wrote it: `<order>-<class>-<earliest µs>-<events>.gz`,
+    // the newline-joined `/plain/batch` body. The configuration now says `/array`; the old
+    // segment still goes where it was made for, with its header time, then the new ones.
+    capture_logs();
+    let dir = tmpdir("upgrade");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let spool_dir = dir.join("spool");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let old_body =
+        "{\"auditID\":\"old-0\",\"verb\":\"get\"}\n{\"auditID\":\"old-1\",\"verb\":\"get\"}";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(3));
+    std::io::Write::write_all(&mut gz, old_body.as_bytes()).unwrap();
+    let name = "00000000000000000007-c-1795532127763391-2.gz";
+    std::fs::write(spool_dir.join(name), gz.finish().unwrap()).unwrap();
+    let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+    store(&spool, &sealed_array(Class::Critical, "new", 2, 0, KEY));
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    assert!(drain(&mut sender, &spool, 10).is_empty());
+    let reqs = emu.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/plain/batch", "/array"]);
+    assert_eq!(
+        reqs[0].timestamp.as_deref(),
+        Some("2026-11-24T14:55:27.763391Z")
+    );
+    assert_eq!(ids(&emu.events()), ["old-0", "old-1", "new-0", "new-1"]);
+    assert!(spool.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_key_in_an_array_body_is_never_logged_even_when_refused() {
+    capture_logs();
+    let dir = tmpdir("array-secret");
+    let options = Options {
+        wrong_key_status: 422,
+        ..Options::default()
+    };
+    let emu = Emulator::start(&dir.join("emu"), options);
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let wrong = "wrong-array-key-93d1";
+    store(&spool, &sealed_array(Class::Critical, "k", 3, 0, wrong));
+    let mut sender = Sender::new(&config(&emu, wrong)).unwrap();
+    assert_eq!(sender.deliver_next(&spool), Step::Wait(KEY_REFUSED_RETRY));
+    assert_eq!(sender.health.key_refused, Some(422));
+    // The operator fixes the key: the spooled body is rewritten with it and delivered.
+    let mut fixed = Sender::new(&config(&emu, KEY)).unwrap();
+    assert!(drain(&mut fixed, &spool, 10).is_empty());
+    assert_eq!(ids(&emu.events()), ["k-0", "k-1", "k-2"]);
+    let log = LOG.get_or_init(Default::default).lock().unwrap().clone();
+    assert!(log.contains("rewritten with the current one"), "{log}");
+    assert!(!log.contains(wrong) && !log.contains(KEY));
 }

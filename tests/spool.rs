@@ -3,7 +3,7 @@
 //! corrupt segments quarantined, disk errors leaving nothing behind, 413 splits in place.
 
 use flate2::read::MultiGzDecoder;
-use kube_audit_shipper::batch::{BatchLimits, Batcher, Sealed};
+use kube_audit_shipper::batch::{BatchLimits, Batcher, IntakeFormat, Sealed, escape_event};
 use kube_audit_shipper::spool::{Class, Spool, Stored};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -312,5 +312,104 @@ fn odd_names_and_times_found_by_fuzzing_never_stop_or_confuse_the_spool() {
     let mut b = Batcher::new(BatchLimits::default());
     b.add(Class::Bulk, b"{}", None, Instant::now()).unwrap();
     spool.store(&b.seal(Class::Bulk).unwrap().unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An `/array` batch of `n` events `{tag}-{i}`, with the key `key`.
+fn array_batch(class: Class, tag: &str, n: usize, key: &str) -> Sealed {
+    let mut b = Batcher::with_format(BatchLimits::default(), IntakeFormat::Array, key);
+    let mut escaped = Vec::new();
+    for i in 0..n {
+        escape_event(
+            &mut escaped,
+            format!("{{\"e\":\"{tag}-{i}\",\"q\":\"\\\"{{\"}}").as_bytes(),
+        );
+        b.add(
+            class,
+            &escaped,
+            Some(1_795_532_127_000_000 + i as i64),
+            Instant::now(),
+        )
+        .unwrap();
+    }
+    b.seal(class).unwrap().unwrap()
+}
+
+/// The entries of an `/array` segment: (key, event's `e`, time).
+fn array_events(
+    spool: &Spool,
+    seg: &kube_audit_shipper::spool::Segment,
+) -> Vec<(String, String, String)> {
+    let body = spool.read(seg).unwrap().unwrap();
+    let mut text = String::new();
+    MultiGzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            let event: serde_json::Value =
+                serde_json::from_str(e["json"].as_str().unwrap()).unwrap();
+            (
+                e["intake_key"].as_str().unwrap().to_string(),
+                event["e"].as_str().unwrap().to_string(),
+                e["timestamp"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn array_segments_keep_their_form_across_a_restart_split_and_rekey() {
+    let dir = tmpdir("array");
+    let seg = {
+        let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+        written(
+            spool
+                .store(&array_batch(Class::Critical, "a", 5, "old-key"))
+                .unwrap(),
+        )
+    };
+    assert!(
+        seg.file_name().ends_with("-5.array.gz"),
+        "{}",
+        seg.file_name()
+    );
+    let mode = std::fs::metadata(dir.join(seg.file_name()))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the body holds the key");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    assert_eq!(spool.next(), Some(&seg), "found again, as /array");
+    assert_eq!(seg.format, IntakeFormat::Array);
+    // Split: halves of whole entries, still /array, each entry with its own time.
+    let (a, b) = spool.split(&seg, 3).unwrap().unwrap();
+    assert_eq!((a.format, a.events, b.events), (IntakeFormat::Array, 2, 3));
+    let first = array_events(&spool, &a);
+    assert_eq!(
+        first[1],
+        (
+            "old-key".into(),
+            "a-1".into(),
+            "2026-11-24T14:55:27.000001Z".into()
+        )
+    );
+    // Rekey: every entry gets the new key, nothing else changes.
+    let before = array_events(&spool, &b);
+    let b2 = spool.rekey(&b, br#""new\"key""#, 3).unwrap();
+    assert_eq!(b2.file_name(), b.file_name());
+    let after = array_events(&spool, &b2);
+    assert_eq!(after.len(), 3);
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!((y.0.as_str(), &y.1, &y.2), ("new\"key", &x.1, &x.2));
+    }
+    let on_disk = std::fs::metadata(dir.join(b2.file_name())).unwrap().len();
+    assert_eq!(b2.bytes, on_disk);
+    assert_eq!(spool.bytes(), a.bytes + b2.bytes);
+    // A plain segment is not rekeyed (its key is in a header).
+    let plain = written(spool.store(&batch(Class::Bulk, "p", 2, 10)).unwrap());
+    assert!(spool.rekey(&plain, b"\"k\"", 3).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,6 +34,8 @@ pub(super) enum Problem {
     },
     NoLogfiles,
     RegionAndUrl,
+    /// `event_time_spread` with the `/array` format, where it would do nothing.
+    SpreadWithoutPlainBatch,
     SpoolTooSmall {
         spool: u64,
         logfiles: usize,
@@ -235,6 +237,10 @@ impl fmt::Display for Problem {
                 "at least one entry is needed (`- filepath: ...` with `intakekey: ...`)",
             ),
             Problem::RegionAndUrl => f.write_str("give either `intake_url` or `region`, not both"),
+            Problem::SpreadWithoutPlainBatch => f.write_str(
+                "`event_time_spread` only applies with `intake_format: plain_batch` (with the \
+                 default `array` every event carries its own time); remove it or set the format",
+            ),
             Problem::SpoolTooSmall {
                 spool,
                 logfiles,

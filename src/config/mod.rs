@@ -22,7 +22,7 @@ mod values;
 pub use regions::{REGIONS, region_url};
 pub use values::parse_bytes;
 
-use crate::batch::BatchLimits;
+use crate::batch::{BatchLimits, IntakeFormat};
 use crate::extract::Format;
 use crate::filter::{Filter, Rule};
 use crate::intake::IntakeConfig;
@@ -51,7 +51,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Spool bytes for all log files together (each gets an equal share).
     pub spool_max_bytes: u64,
+    /// Includes `event_time_spread` (`max_spread`), used by `plain_batch` only.
     pub batch: BatchLimits,
+    /// Which endpoint and body: `/array` (default) or `/plain/batch`.
+    pub intake_format: IntakeFormat,
     pub format: Format,
     pub start_at: StartAt,
     pub max_line_bytes: usize,
@@ -143,6 +146,17 @@ impl Config {
         )?;
         let logfiles = logfiles(entries, &top_rules, text, path)?;
         let (batch, spool_max_bytes) = batch_and_spool(&raw, logfiles.len(), text)?;
+        let intake_format = raw
+            .intake_format
+            .as_ref()
+            .map_or_else(IntakeFormat::default, |f| f.0);
+        if raw.event_time_spread.is_some() && intake_format != IntakeFormat::PlainBatch {
+            return Err(refuse(
+                text,
+                &[Step::Key("event_time_spread")],
+                Problem::SpreadWithoutPlainBatch,
+            ));
+        }
         let client_cert = client_cert(raw.client_cert, raw.client_key, text)?;
         Ok(Config {
             source: path.to_owned(),
@@ -153,6 +167,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/kube-audit-shipper")),
             spool_max_bytes,
             batch,
+            intake_format,
             format: raw.output.map_or(Format::Audit, |o| o.0),
             start_at: raw.start_at.map_or(StartAt::Beginning, |s| s.0),
             max_line_bytes: raw
@@ -301,6 +316,9 @@ fn batch_and_spool(
     }
     if let Some(l) = &raw.gzip_level {
         batch.level = l.0;
+    }
+    if let Some(s) = &raw.event_time_spread {
+        batch.max_spread = s.0;
     }
     let spool = raw
         .spool_max_bytes

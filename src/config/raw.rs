@@ -3,8 +3,8 @@
 use super::error::{ConfigError, Problem};
 use super::locate::{Step, refuse};
 use super::values::{
-    Action, BatchBytes, Bytes, FieldName, KeyText, Level, LineBytes, MaxEvents, MetricsAddress,
-    OpName, Output, Proxy, Region, Scalar, Secs, Start, Url, key_fault,
+    Action, BatchBytes, Bytes, FieldName, IntakeFormatName, KeyText, Level, LineBytes, MaxEvents,
+    MetricsAddress, OpName, Output, Proxy, Region, Scalar, Secs, Spread, Start, Url, key_fault,
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     pub(super) batch_max_events: Option<MaxEvents>,
     pub(super) batch_linger_secs: Option<Secs>,
     pub(super) gzip_level: Option<Level>,
+    pub(super) intake_format: Option<IntakeFormatName>,
+    pub(super) event_time_spread: Option<Spread>,
     pub(super) output: Option<Output>,
     pub(super) start_at: Option<Start>,
     pub(super) max_line_bytes: Option<LineBytes>,

@@ -562,3 +562,37 @@ fn the_agent_config_file_loads_with_one_warning_per_agent_key() {
     assert_eq!(rule.name, "30bb044d-f7ba-448a-81c2-7f3c41a1fbf9");
     assert_eq!(rule.filters.len(), 2);
 }
+
+#[test]
+fn the_intake_format_defaults_to_array_and_plain_batch_takes_a_spread() {
+    let cfg = with("").unwrap();
+    assert_eq!(cfg.intake_format, IntakeFormat::Array);
+    assert_eq!(cfg.batch.max_spread, Duration::from_secs(1));
+    let cfg = with("intake_format: plain_batch\n").unwrap();
+    assert_eq!(cfg.intake_format, IntakeFormat::PlainBatch);
+    assert_eq!(cfg.batch.max_spread, Duration::from_secs(1));
+    let cfg = with("intake_format: plain_batch\nevent_time_spread: 2.5\n").unwrap();
+    assert_eq!(cfg.batch.max_spread, Duration::from_millis(2500));
+    let cfg = with("intake_format: array\n").unwrap();
+    assert_eq!(cfg.intake_format, IntakeFormat::Array);
+    // Bad values and a spread that would do nothing: the key, the line and the column.
+    let e = with("intake_format: jsons\n").unwrap_err();
+    assert!(
+        e.contains("intake_format") && e.contains("array or plain_batch") && e.contains("line 4"),
+        "{e}"
+    );
+    let e = with("intake_format: plain_batch\nevent_time_spread: -1\n").unwrap_err();
+    assert!(
+        e.contains("event_time_spread") && e.contains("0 to 3600") && e.contains("line 5"),
+        "{e}"
+    );
+    let e = with("event_time_spread: 1\n").unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "{AT}event_time_spread: `event_time_spread` only applies with `intake_format: \
+             plain_batch` (with the default `array` every event carries its own time); remove \
+             it or set the format at line 4 column 1"
+        )
+    );
+}

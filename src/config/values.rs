@@ -3,6 +3,7 @@
 
 use super::MAX_BODY_BYTES;
 use super::regions::{region_names, region_url};
+use crate::batch::IntakeFormat;
 use crate::extract::Format;
 use crate::filter::{self, EcsField, Operator};
 use crate::tail::StartAt;
@@ -223,6 +224,21 @@ checked!(Level(u32), |s| {
         Ok(n)
     } else {
         Err(format!("expected 1 (fastest) to 9 (smallest), got {n}"))
+    }
+});
+checked!(IntakeFormatName(IntakeFormat), |s| match s {
+    "array" => Ok(IntakeFormat::Array),
+    "plain_batch" => Ok(IntakeFormat::PlainBatch),
+    _ => Err(format!("expected array or plain_batch, got {s:?}")),
+});
+// Seconds of event time one `/plain/batch` request may span: 0 (every batch one instant)
+// to an hour (beyond that the header's single time says little of the events).
+checked!(Spread(Duration), |s| {
+    let secs: f64 = number(s)?;
+    if (0.0..=3600.0).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("expected 0 to 3600 seconds, got {s}"))
     }
 });
 checked!(Output(Format), |s| s

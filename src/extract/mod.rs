@@ -19,6 +19,8 @@ mod json;
 pub use fields::Fields;
 /// Appends a string as JSON, cut to a byte cap (for records this crate writes itself).
 pub use json::string as json_string;
+/// Appends a finished document as one JSON string (the `json` member of an `/array` entry).
+pub use json::string_of_bytes as json_string_of_bytes;
 
 use json::Limits;
 use simd_json::{Buffers, ErrorType, INPUT_PADDING, Node, Tape};
@@ -543,6 +545,17 @@ impl<'a> Event<'a> {
         }
         self.write_trimmed(format, out, start);
         Written { truncated: true }
+    }
+
+    /// As [`Event::write`], within `max` bytes instead of the extractor's limit (at least
+    /// 1 KiB). For a caller whose own encoding of the output grows it: an `/array` entry
+    /// escapes the event, and the intake's limit applies to the escaped text.
+    pub fn write_within(&mut self, format: Format, out: &mut Vec<u8>, max: usize) -> Written {
+        let saved = self.max_event_bytes;
+        self.max_event_bytes = max.max(1024);
+        let written = self.write(format, out);
+        self.max_event_bytes = saved;
+        written
     }
 
     /// Re-renders an oversized event at increasing trimming levels until it fits:

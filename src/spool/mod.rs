@@ -16,14 +16,18 @@
 //!   place of the original.
 //!
 //! A segment is the exact gzip body POSTed to the intake. Its metadata lives in its name:
-//! `<order>-<class c|b>-<earliest event time, unix µs, or "none">-<events>.gz`, where order
-//! is a 20-digit sequence number followed by `a`/`b` per split level. Files are 0600.
+//! `<order>-<class c|b>-<earliest event time, unix µs, or "none">-<events>.gz` for a
+//! `/plain/batch` body, `…-<events>.array.gz` for an `/array` body, where order is a
+//! 20-digit sequence number followed by `a`/`b` per split level. Segments written before
+//! `/array` existed all have the first form, so a spool left by an older version is sent
+//! as it was written (to `/plain/batch`, with its earliest time in the header) whatever the
+//! current `intake_format`. Files are 0600: an `/array` body holds the intake key.
 
 pub mod class;
 
 pub use class::{Class, classify};
 
-use crate::batch::Sealed;
+use crate::batch::{IntakeFormat, Sealed};
 use crate::durable;
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
@@ -43,6 +47,8 @@ pub struct Segment {
     /// Sorts segments of a class in send order.
     pub order: String,
     pub class: Class,
+    /// The body's form, so the endpoint to send it to.
+    pub format: IntakeFormat,
     pub earliest: Option<i64>,
     pub events: u32,
     pub bytes: u64,
@@ -53,8 +59,12 @@ impl Segment {
         let ts = self
             .earliest
             .map_or_else(|| "none".to_string(), |t| t.to_string());
+        let ext = match self.format {
+            IntakeFormat::PlainBatch => "gz",
+            IntakeFormat::Array => "array.gz",
+        };
         format!(
-            "{}-{}-{ts}-{}.gz",
+            "{}-{}-{ts}-{}.{ext}",
             self.order,
             self.class.letter(),
             self.events
@@ -66,6 +76,10 @@ impl Segment {
     /// but never found). The earliest time may be negative (an event stamped before 1970).
     fn parse(name: &str, bytes: u64) -> Option<Segment> {
         let stem = name.strip_suffix(".gz")?;
+        let (stem, format) = match stem.strip_suffix(".array") {
+            Some(s) => (s, IntakeFormat::Array),
+            None => (stem, IntakeFormat::PlainBatch),
+        };
         let (order, rest) = stem.split_once('-')?;
         let (class, rest) = rest.split_once('-')?;
         let class = match class {
@@ -91,12 +105,80 @@ impl Segment {
         let seg = Segment {
             order: order.to_owned(),
             class,
+            format,
             earliest,
             events,
             bytes,
         };
         (seg.file_name() == name).then_some(seg)
     }
+}
+
+/// How much of a decompressed body [`Spool::read_with_head`] keeps: the array's opening,
+/// the first entry's `{"intake_key":` and a key (intake keys are short tokens).
+pub const HEAD: usize = 512;
+
+/// A segment read and checked ([`Spool::read_with_head`]).
+pub struct Checked {
+    /// The gzip body, as POSTed.
+    pub body: Vec<u8>,
+    /// The first [`HEAD`] bytes of the decompressed body.
+    pub head: Vec<u8>,
+}
+
+/// Keeps the first [`HEAD`] bytes written to it, counts the rest away.
+struct Head(Vec<u8>);
+
+impl Write for Head {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = HEAD.saturating_sub(self.0.len()).min(buf.len());
+        self.0.extend_from_slice(&buf[..room]);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How every `/array` entry this crate writes begins.
+pub const ENTRY_OPEN: &[u8] = b"{\"intake_key\":";
+
+/// An entry without its opening and key: from just after the key's closing quote.
+fn entry_after_key(entry: &[u8]) -> Option<&[u8]> {
+    let key = entry.strip_prefix(ENTRY_OPEN)?.strip_prefix(b"\"")?;
+    let mut i = 0;
+    while i < key.len() {
+        match key[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(&key[i + 1..]),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The entries of an `/array` body this crate wrote (`[{"intake_key":…},{…}]`), each
+/// without its separator. Each entry starts with `{"intake_key":`, and that text cannot
+/// occur elsewhere in the body: inside a JSON string every `"` is escaped, so `{"` only
+/// appears where an entry opens. Anything else (not an array of such entries) gives no
+/// entry, and the segment is then not split.
+fn array_entries(body: &[u8]) -> Vec<&[u8]> {
+    const OPEN: &[u8] = ENTRY_OPEN;
+    let inner = match body {
+        [b'[', inner @ .., b']'] => inner,
+        _ => return Vec::new(),
+    };
+    let starts: Vec<usize> = memchr::memmem::find_iter(inner, OPEN).collect();
+    if starts.first() != Some(&0) {
+        return Vec::new();
+    }
+    let mut entries = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        // The next entry's start is preceded by the comma that separates them.
+        let end = starts.get(i + 1).map_or(inner.len(), |&next| next - 1);
+        entries.push(&inner[start..end]);
+    }
+    entries
 }
 
 /// What [`Spool::store`] did.
@@ -223,6 +305,7 @@ impl Spool {
         let seg = Segment {
             order: format!("{:020}", self.next_seq),
             class: batch.class,
+            format: batch.format,
             earliest: batch.earliest,
             events: batch.events,
             bytes: need,
@@ -306,14 +389,66 @@ impl Spool {
     /// The segment's body, checked: a gzip stream that decompresses completely with valid
     /// CRCs and lengths. `Err(reason)` means corrupt (then [`Spool::quarantine`] it).
     pub fn read(&self, seg: &Segment) -> io::Result<Result<Vec<u8>, String>> {
+        Ok(self.read_with_head(seg)?.map(|c| c.body))
+    }
+
+    /// As [`Spool::read`], with the first [`HEAD`] bytes of the decompressed body (an
+    /// `/array` body's first entry opens with the key it was written with).
+    pub fn read_with_head(&self, seg: &Segment) -> io::Result<Result<Checked, String>> {
         let body = fs::read(self.dir.join(seg.file_name()))?;
-        let mut sink = io::sink();
-        let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut sink);
+        let mut head = Head(Vec::new());
+        let check = io::copy(&mut MultiGzDecoder::new(&body[..]), &mut head);
         Ok(match check {
-            Ok(_) if !body.is_empty() => Ok(body),
+            Ok(_) if !body.is_empty() => Ok(Checked { body, head: head.0 }),
             Ok(_) => Err("empty".to_string()),
             Err(e) => Err(e.to_string()),
         })
+    }
+
+    /// Rewrites an `/array` segment so that every entry carries `key_json` (the key as a
+    /// JSON string), in place and durably (written to `tmp/`, renamed over the old file).
+    /// The key is written into the body when the batch is made; when the operator replaces
+    /// a refused key, what was spooled under the old one must go with the new one, or it
+    /// would be refused forever. Returns the segment as it now is (its size changed).
+    pub fn rekey(&mut self, seg: &Segment, key_json: &[u8], level: u32) -> io::Result<Segment> {
+        let mut text = Vec::new();
+        MultiGzDecoder::new(&fs::read(self.dir.join(seg.file_name()))?[..])
+            .read_to_end(&mut text)?;
+        let entries = array_entries(&text);
+        if seg.format != IntakeFormat::Array || entries.len() != seg.events as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not an /array body of {} entries",
+                    seg.file_name(),
+                    seg.events
+                ),
+            ));
+        }
+        let mut gz = GzEncoder::new(Vec::new(), Compression::new(level));
+        gz.write_all(b"[")?;
+        for (i, entry) in entries.iter().enumerate() {
+            let rest = entry_after_key(entry).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "an entry without its key")
+            })?;
+            if i > 0 {
+                gz.write_all(b",")?;
+            }
+            gz.write_all(ENTRY_OPEN)?;
+            gz.write_all(key_json)?;
+            gz.write_all(rest)?;
+        }
+        gz.write_all(b"]")?;
+        let body = gz.finish()?;
+        let new = Segment {
+            bytes: body.len() as u64,
+            ..seg.clone()
+        };
+        // Same name: the rename replaces the old file atomically.
+        self.write_segment(&new, &body)?;
+        self.forget(seg)?;
+        self.insert(new.clone());
+        Ok(new)
     }
 
     /// The intake accepted the segment: delete it.
@@ -341,19 +476,30 @@ impl Spool {
         let mut text = Vec::new();
         MultiGzDecoder::new(&fs::read(self.dir.join(seg.file_name()))?[..])
             .read_to_end(&mut text)?;
-        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
-        if lines.len() < 2 {
+        let items = match seg.format {
+            IntakeFormat::PlainBatch => text.split(|&b| b == b'\n').collect(),
+            IntakeFormat::Array => array_entries(&text),
+        };
+        if items.len() < 2 {
             return Ok(None);
         }
-        let (first, second) = lines.split_at(lines.len() / 2);
+        let (first, second) = items.split_at(items.len() / 2);
         let mut halves = Vec::new();
         for (suffix, part) in [("a", first), ("b", second)] {
             let mut gz = GzEncoder::new(Vec::new(), Compression::new(level));
-            gz.write_all(&part.join(&b"\n"[..]))?;
+            match seg.format {
+                IntakeFormat::PlainBatch => gz.write_all(&part.join(&b"\n"[..]))?,
+                IntakeFormat::Array => {
+                    gz.write_all(b"[")?;
+                    gz.write_all(&part.join(&b","[..]))?;
+                    gz.write_all(b"]")?;
+                }
+            }
             let body = gz.finish()?;
             let half = Segment {
                 order: format!("{}{suffix}", seg.order),
                 class: seg.class,
+                format: seg.format,
                 earliest: seg.earliest,
                 events: part.len() as u32,
                 bytes: body.len() as u64,

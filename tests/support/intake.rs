@@ -1,9 +1,16 @@
 //! A SEKOIA.IO intake emulator for tests: HTTPS on 127.0.0.1 with certificates generated at
-//! start (rcgen), `POST /plain/batch` with or without gzip, the key checked
-//! (`X-SEKOIAIO-INTAKE-KEY`; a wrong key gets 401 or 422 as configured), `{"event_ids":[…]}`
-//! answers, 413 for an event or a body over the intake's limits, and scripted faults:
-//! statuses, `Retry-After`, slow answers, a connection reset mid-body; optionally mutual TLS.
-//! It records every request and every accepted event.
+//! start (rcgen), with or without gzip:
+//! - `POST /plain/batch`: events joined by newlines, the key in `X-SEKOIAIO-INTAKE-KEY`, the
+//!   event time (if any) in `X-SEKOIAIO-EVENT-TIMESTAMP`, for every event of the request;
+//! - `POST /array`: a JSON array of `{"intake_key", "json", "timestamp"}` entries, checked
+//!   strictly: valid JSON, no other member, every key right, `json` a string holding a JSON
+//!   object, `timestamp` (optional) RFC 3339 with a zone. A malformed body gets 400.
+//!
+//! A wrong key gets 401 or 422 as configured; `{"event_ids":[…]}` answers; 413 for an event
+//! or a body over the intake's limits (for `/array`, the event as the escaped string, the
+//! crate's reading of the limit); scripted faults: statuses, `Retry-After`, slow answers, a
+//! connection reset mid-body; optionally mutual TLS. It records every request, every
+//! accepted event and each event's time as the intake would take it.
 #![allow(dead_code)]
 
 use flate2::read::MultiGzDecoder;
@@ -47,6 +54,9 @@ pub struct Request {
     /// The `Retry-After` seconds sent with the answer.
     pub retry_after: Option<u64>,
     pub events: usize,
+    /// `/plain/batch` or `/array`.
+    pub path: String,
+    /// The `X-SEKOIAIO-EVENT-TIMESTAMP` header.
     pub timestamp: Option<String>,
     pub gzip: bool,
     pub body_bytes: usize,
@@ -57,6 +67,9 @@ pub struct State {
     pub wrong_key_status: u16,
     pub max_body: usize,
     pub events: Vec<String>,
+    /// The time the intake would give each of `events` (same order): the `/array` entry's
+    /// `timestamp`, or the `/plain/batch` request's header; `None`: reception time.
+    pub event_times: Vec<Option<String>>,
     pub requests: Vec<Request>,
     pub script: VecDeque<Fault>,
     pub connections: usize,
@@ -153,6 +166,7 @@ impl Emulator {
             wrong_key_status: opts.wrong_key_status,
             max_body: MAX_BODY,
             events: Vec::new(),
+            event_times: Vec::new(),
             requests: Vec::new(),
             script: VecDeque::new(),
             connections: 0,
@@ -199,6 +213,21 @@ impl Emulator {
         self.state.lock().unwrap().events.clone()
     }
 
+    /// Each accepted event with the time the intake gives it.
+    pub fn timed_events(&self) -> Vec<(String, Option<String>)> {
+        let st = self.state.lock().unwrap();
+        st.events
+            .iter()
+            .cloned()
+            .zip(st.event_times.iter().cloned())
+            .collect()
+    }
+
+    /// TLS connections accepted (each one a handshake).
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -226,6 +255,12 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
             state.lock().unwrap().client_cert_seen = true;
         }
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let path = head
+            .lines()
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("")
+            .to_string();
         let header = |name: &str| {
             head.lines().find_map(|l| {
                 l.split_once(':')
@@ -262,14 +297,21 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
         let gzip = header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
         let timestamp = header("x-sekoiaio-event-timestamp");
         let key = header("x-sekoiaio-intake-key");
+        let req = Incoming {
+            path: &path,
+            key,
+            timestamp: timestamp.clone(),
+            body: &body,
+            gzip,
+        };
         let (status, extra, events) = match fault {
             Some(Fault::Status(s)) => (s, String::new(), 0),
             Some(Fault::RetryAfter(s, secs)) => (s, format!("Retry-After: {secs}\r\n"), 0),
             Some(Fault::Delay(d)) => {
                 std::thread::sleep(d);
-                handle(&state, key, &body, gzip)
+                handle(&state, &req)
             }
-            _ => handle(&state, key, &body, gzip),
+            _ => handle(&state, &req),
         };
         state.lock().unwrap().requests.push(Request {
             at,
@@ -279,6 +321,7 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
                 _ => None,
             },
             events,
+            path,
             timestamp,
             gzip,
             body_bytes: body.len(),
@@ -303,24 +346,33 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
     }
 }
 
-/// Normal processing: (status, extra headers, events accepted).
-fn handle(
-    state: &Mutex<State>,
+/// One request as read.
+struct Incoming<'a> {
+    path: &'a str,
     key: Option<String>,
-    body: &[u8],
+    timestamp: Option<String>,
+    body: &'a [u8],
     gzip: bool,
-) -> (u16, String, usize) {
+}
+
+/// Normal processing: (status, extra headers, events accepted).
+fn handle(state: &Mutex<State>, req: &Incoming<'_>) -> (u16, String, usize) {
     let mut st = state.lock().unwrap();
     if let Some(status) = st.forced_status {
         return (status, String::new(), 0);
     }
-    if key.as_deref() != Some(st.key.as_str()) {
+    let array = match req.path {
+        "/array" => true,
+        "/plain/batch" => false,
+        _ => return (404, String::new(), 0),
+    };
+    if !array && req.key.as_deref() != Some(st.key.as_str()) {
         return (st.wrong_key_status, String::new(), 0);
     }
     let mut text = Vec::new();
-    if gzip {
+    if req.gzip {
         let limit = st.max_body as u64 + 1;
-        if MultiGzDecoder::new(body)
+        if MultiGzDecoder::new(req.body)
             .take(limit)
             .read_to_end(&mut text)
             .is_err()
@@ -328,17 +380,92 @@ fn handle(
             return (400, String::new(), 0);
         }
     } else {
-        text = body.to_vec();
+        text = req.body.to_vec();
     }
     if text.len() > st.max_body {
         return (413, String::new(), 0);
     }
-    let text = String::from_utf8_lossy(&text).to_string();
-    let events: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
-    if events.iter().any(|e| e.len() > MAX_EVENT) {
+    let timed = if array {
+        match array_events(&text, &st.key) {
+            Ok(timed) => timed,
+            Err(status) => {
+                let status = if status == 0 {
+                    st.wrong_key_status
+                } else {
+                    status
+                };
+                return (status, String::new(), 0);
+            }
+        }
+    } else {
+        let text = String::from_utf8_lossy(&text).to_string();
+        text.split('\n')
+            .filter(|l| !l.is_empty())
+            .map(|e| (e.to_owned(), req.timestamp.clone()))
+            .collect()
+    };
+    if timed.iter().any(|(e, _)| escaped_len(e, array) > MAX_EVENT) {
         return (413, String::new(), 0);
     }
-    let n = events.len();
-    st.events.extend(events.into_iter().map(str::to_owned));
+    let n = timed.len();
+    for (event, time) in timed {
+        st.events.push(event);
+        st.event_times.push(time);
+    }
     (200, String::new(), n)
+}
+
+/// An event's size as the limit reads it: as sent in `/plain/batch`, escaped in `/array`.
+fn escaped_len(event: &str, array: bool) -> usize {
+    if array {
+        serde_json::to_string(event).map_or(usize::MAX, |s| s.len() - 2)
+    } else {
+        event.len()
+    }
+}
+
+/// The events of an `/array` body with their times. `Err(0)`: a wrong key (the caller's
+/// configured status); `Err(400)`: not a well-formed body.
+fn array_events(text: &[u8], key: &str) -> Result<Vec<(String, Option<String>)>, u16> {
+    let Ok(serde_json::Value::Array(entries)) = serde_json::from_slice(text) else {
+        return Err(400);
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let serde_json::Value::Object(mut entry) = entry else {
+            return Err(400);
+        };
+        match entry.remove("intake_key") {
+            Some(serde_json::Value::String(k)) if k == key => {}
+            Some(serde_json::Value::String(_)) => return Err(0),
+            _ => return Err(400),
+        }
+        let Some(serde_json::Value::String(event)) = entry.remove("json") else {
+            return Err(400);
+        };
+        // What is sent is an event: a JSON object.
+        if !serde_json::from_str::<serde_json::Value>(&event).is_ok_and(|v| v.is_object()) {
+            return Err(400);
+        }
+        let time = match entry.remove("timestamp") {
+            None => None,
+            Some(serde_json::Value::String(t)) if has_zone(&t) => Some(t),
+            Some(_) => return Err(400),
+        };
+        if !entry.is_empty() {
+            return Err(400);
+        }
+        out.push((event, time));
+    }
+    Ok(out)
+}
+
+/// An RFC 3339 date-time with its zone (`Z` or `±hh:mm`), as the intake needs.
+fn has_zone(t: &str) -> bool {
+    let zoned = t.ends_with('Z')
+        || t.len() > 6 && {
+            let z = &t.as_bytes()[t.len() - 6..];
+            matches!(z[0], b'+' | b'-') && z[3] == b':'
+        };
+    zoned && kube_audit_shipper::timestamp::parse_micros(t).is_some()
 }
