@@ -369,7 +369,8 @@ impl Sender {
         }
     }
 
-    /// A request to the endpoint that cannot store anything (`GET`, no body), for `check`:
+    /// A request to the `/plain/batch` endpoint that cannot store anything (`GET`, no body;
+    /// `/array` is on the same host, behind the same proxy and TLS), for `check`:
     /// the HTTP status, or the transport error. It takes the path a POST takes (DNS, proxy,
     /// TLS with the CA and client certificate), so any status proves that path. The key goes
     /// along, as with a POST and to the same host over the same TLS, so that an intake which
@@ -377,7 +378,7 @@ impl Sender {
     pub fn probe(&self) -> Result<u16, String> {
         let mut resp = self
             .agent
-            .get(&self.endpoint)
+            .get(&self.plain_endpoint)
             .header("X-SEKOIAIO-INTAKE-KEY", &self.key)
             .call()
             // ureq's errors name the URL, never the headers: no key in them.
