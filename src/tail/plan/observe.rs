@@ -140,12 +140,19 @@ impl LogPlan {
         self.slots.insert(by_key.max(floor), slot);
     }
 
-    /// Keys no longer on disk cannot come back: they leave `known`.
+    /// Keys no longer on disk cannot come back: they leave `known`, which so stays about as
+    /// long as the backups kept. Only keys older than the oldest listed one are dropped:
+    /// lumberjack prunes oldest first, while the backup a directory read can miss (its `.gz`
+    /// created behind the read, its plain name deleted ahead of it) is the newest one.
     fn forget_pruned(&mut self, listing: &Listing) {
-        if self.known.len() < MAX_KNOWN / 2 {
-            return;
+        if let Some(oldest) = listing
+            .backups
+            .first()
+            .filter(|_| listing.backups.len() > 1)
+        {
+            let gone = self.known.partition_point(|k| *k < oldest.key);
+            self.known.drain(..gone);
         }
-        self.known.retain(|k| listing.get(*k).is_some());
         let excess = self.known.len().saturating_sub(MAX_KNOWN);
         self.known.drain(..excess);
     }
