@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes one target for a while: `fuzz/run.sh TARGET [SECONDS]` (default 300), TARGET one of
 #   extract     any bytes as an audit-log line, through the extractor
-#   checkpoint  any bytes as a checkpoint file (or as its body, with a correct `sum` line)
+#   checkpoint  any bytes as a cursor file (or as its body, with a correct `sum` line)
 #   config      any UTF-8 text as the YAML configuration
 #   spool       a spool directory holding a file of any name and content
 # Needs the nightly toolchain and cargo-fuzz (`cargo install --locked cargo-fuzz`).

@@ -1,31 +1,25 @@
-//! Any bytes as a checkpoint file, through `Checkpoints::load`. The first byte picks the mode:
-//! even, the rest of the input is the file as is; odd, the rest is the body and the target
-//! appends the `sum` line `render` would write (FNV-1a 64 of the body), so the parser's body
-//! checks are reached. Loading must not panic or fail; a damaged file gives
-//! `LoadProblem::Corrupt` with a non-empty reason, an empty store, and the file moved (bytes
-//! unchanged) to `<name>.corrupt`; a file that loads must round-trip: a fresh store holding
-//! the same entries, saved at a new time, loads back to equal entries (serials aside, after
-//! the store's trimming of `done` entries beyond 256) and that `saved_at`.
+//! Any bytes as a cursor file, through `Cursors::load`. The first byte picks the mode: even,
+//! the rest of the input is the file as is; odd, the rest is the body and the target appends
+//! the `sum` line a save would write (FNV-1a 64 of the body), so the parser's body checks are
+//! reached. Loading must not panic or fail; a damaged file gives `LoadProblem::Corrupt` with a
+//! non-empty reason, nothing loaded, and the file moved (bytes unchanged) to `<name>.corrupt`;
+//! a file of the current format that loads must round-trip through a save; one of the
+//! previous format must turn into cursors (`upgrade`) for the log of each of its entries.
 #![no_main]
 
-use kube_audit_shipper::tail::checkpoint::{Checkpoints, Entry, LoadProblem};
+use kube_audit_shipper::tail::cursor::{Cursors, LoadProblem, Loaded, upgrade};
+use kube_audit_shipper::tail::generation::Names;
 use libfuzzer_sys::fuzz_target;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const NAME: &str = "ckpt";
-
-/// Mirrors the store's private `MAX_DONE`: `save` keeps at most this many `done` entries.
-const MAX_DONE: usize = 256;
+const NAME: &str = "cursors";
 
 /// One directory per fuzzing process, on tmpfs (the store fsyncs every save).
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = PathBuf::from(format!(
-            "/dev/shm/kas-fuzz-checkpoint-{}",
-            std::process::id()
-        ));
+        let d = PathBuf::from(format!("/dev/shm/kas-fuzz-cursors-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("create the fuzz directory");
         d
     })
@@ -42,7 +36,7 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// Removes whatever an earlier iteration (or a save's temporary file) left.
-fn clean(dir: &PathBuf) {
+fn clean(dir: &Path) {
     for entry in std::fs::read_dir(dir).expect("list the fuzz directory") {
         let path = entry.expect("list the fuzz directory").path();
         if path.is_dir() {
@@ -51,38 +45,6 @@ fn clean(dir: &PathBuf) {
             std::fs::remove_file(&path).expect("clean the fuzz directory");
         }
     }
-}
-
-/// What `save` keeps of `entries`: all but the oldest `done` ones beyond [`MAX_DONE`],
-/// serials cleared (a load numbers entries afresh).
-fn expected(entries: &[Entry]) -> Vec<Entry> {
-    let done = entries.iter().filter(|e| e.done).count();
-    let mut excess = done.saturating_sub(MAX_DONE);
-    entries
-        .iter()
-        .filter(|e| {
-            if e.done && excess > 0 {
-                excess -= 1;
-                false
-            } else {
-                true
-            }
-        })
-        .map(|e| Entry {
-            serial: 0,
-            ..e.clone()
-        })
-        .collect()
-}
-
-fn without_serials(entries: &[Entry]) -> Vec<Entry> {
-    entries
-        .iter()
-        .map(|e| Entry {
-            serial: 0,
-            ..e.clone()
-        })
-        .collect()
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -99,9 +61,9 @@ fuzz_target!(|data: &[u8]| {
     let dir = dir();
     clean(dir);
     let path = dir.join(NAME);
-    std::fs::write(&path, &file).expect("write the checkpoint file");
+    std::fs::write(&path, &file).expect("write the cursor file");
 
-    let (store, problem) = Checkpoints::load(dir, NAME).expect("load does not fail on content");
+    let (store, loaded, problem) = Cursors::load(dir, NAME).expect("load does not fail on content");
     match problem {
         Some(LoadProblem::Missing) => panic!("the file exists but load says Missing"),
         Some(LoadProblem::Corrupt { reason, moved_to }) => {
@@ -109,26 +71,27 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(moved_to, dir.join(format!("{NAME}.corrupt")));
             assert!(!path.exists(), "the damaged file must be moved away");
             assert_eq!(std::fs::read(&moved_to).expect("moved file"), file);
-            assert!(store.entries.is_empty() && store.saved_at.is_none());
+            assert!(matches!(loaded, Loaded::Nothing));
         }
-        None => {
-            let loaded_at = store
-                .saved_at
-                .expect("a loaded store knows when it was saved");
-            let want = expected(&store.entries);
-            // A fresh store (the file gone: a first start) with the same entries.
-            std::fs::remove_file(&path).expect("remove the loaded file");
-            let (mut fresh, problem) = Checkpoints::load(dir, NAME).expect("load a missing file");
-            assert!(matches!(problem, Some(LoadProblem::Missing)), "{problem:?}");
-            for e in &store.entries {
-                fresh.add(e.clone());
+        None => match loaded {
+            Loaded::Nothing => panic!("a file that loads without a problem loads something"),
+            Loaded::Cursors(logs) => {
+                let refs: Vec<(&Path, _)> = logs.iter().map(|(p, s)| (p.as_path(), s)).collect();
+                store.save(1, &refs).expect("save");
+                let (_, again, problem) = Cursors::load(dir, NAME).expect("load what was saved");
+                assert!(problem.is_none(), "a saved file must load: {problem:?}");
+                match again {
+                    Loaded::Cursors(again) => assert_eq!(again, logs),
+                    other => panic!("saved cursors load as {other:?}"),
+                }
             }
-            let saved_at = loaded_at.wrapping_add(1);
-            fresh.save(saved_at).expect("save");
-            let (again, problem) = Checkpoints::load(dir, NAME).expect("load what was saved");
-            assert!(problem.is_none(), "a saved file must load: {problem:?}");
-            assert_eq!(again.saved_at, Some(saved_at));
-            assert_eq!(without_serials(&again.entries), want);
-        }
+            Loaded::V1 { saved_at, entries } => {
+                for e in &entries {
+                    if let Some(names) = Names::of(&e.path) {
+                        let _ = upgrade(&entries, saved_at, &names, &[]);
+                    }
+                }
+            }
+        },
     }
 });

@@ -19,18 +19,24 @@ impl LogPlan {
             }
         }
         if let Some((ino, _)) = listing.live
-            && !self.slots.iter().any(|s| s.ino == Some(ino))
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.end.is_none() && s.ino == Some(ino))
         {
             self.slots
                 .push(Slot::new(serials.take(), None, Some(ino), 0));
         }
     }
 
-    /// Whether a slot already is this backup (by key, or by the plain file's inode).
+    /// Whether a slot already is this backup (by key, or by the plain file's inode). Only
+    /// generations not read to their end are matched by inode: a finished one may wait for
+    /// its commits while its file is deleted and the inode reused by a new file (found under
+    /// qemu: the new `audit.log` went unfollowed until then, and was counted as unseen).
     fn follows(&self, b: &Listed) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.key == Some(b.key) || (b.plain.is_some() && s.ino == b.plain))
+        self.slots.iter().any(|s| {
+            s.key == Some(b.key) || (s.end.is_none() && b.plain.is_some() && s.ino == b.plain)
+        })
     }
 
     /// A new look at the directory (and, for open generations, the names of their
@@ -48,11 +54,9 @@ impl LogPlan {
             }
         }
         for b in &listing.backups {
-            if let Some(s) = self
-                .slots
-                .iter_mut()
-                .find(|s| s.key.is_none() && b.plain.is_some() && s.ino == b.plain)
-            {
+            if let Some(s) = self.slots.iter_mut().find(|s| {
+                s.key.is_none() && s.end.is_none() && b.plain.is_some() && s.ino == b.plain
+            }) {
                 s.key = Some(b.key);
             }
         }
@@ -71,7 +75,10 @@ impl LogPlan {
             self.place(slot);
         }
         if let Some((ino, _)) = listing.live
-            && !self.slots.iter().any(|s| s.ino == Some(ino))
+            && !self
+                .slots
+                .iter()
+                .any(|s| s.end.is_none() && s.ino == Some(ino))
         {
             let slot = Slot::new(serials.take(), None, Some(ino), 0);
             added.push(slot.serial);
