@@ -226,6 +226,16 @@ pub struct Sender {
     pub health: Health,
 }
 
+/// Reads an answer's body to its end (up to 64 KiB) so the connection is reused.
+fn drain(resp: &mut ureq::http::Response<ureq::Body>) {
+    let mut sink = Vec::new();
+    let _ = resp
+        .body_mut()
+        .as_reader()
+        .take(64 * 1024)
+        .read_to_end(&mut sink);
+}
+
 fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
@@ -353,13 +363,7 @@ impl Sender {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        // Read the body to its end so the connection is reused.
-        let mut sink = Vec::new();
-        let _ = resp
-            .body_mut()
-            .as_reader()
-            .take(64 * 1024)
-            .read_to_end(&mut sink);
+        drain(&mut resp);
         match code {
             200..=299 => Answer::Accepted,
             413 => Answer::TooLarge,
@@ -383,12 +387,7 @@ impl Sender {
             .call()
             // ureq's errors name the URL, never the headers: no key in them.
             .map_err(|e| e.to_string())?;
-        let mut sink = Vec::new();
-        let _ = resp
-            .body_mut()
-            .as_reader()
-            .take(64 * 1024)
-            .read_to_end(&mut sink);
+        drain(&mut resp);
         Ok(resp.status().as_u16())
     }
 

@@ -255,16 +255,7 @@ pub fn string(out: &mut Vec<u8>, s: &str, cap: usize) {
     } else {
         s
     };
-    let mut rest = s.as_bytes();
-    out.reserve(rest.len() + 2);
-    out.push(b'"');
-    while let Some(i) = first_to_escape(rest) {
-        out.extend_from_slice(&rest[..i]);
-        escape(out, rest[i]);
-        rest = &rest[i + 1..];
-    }
-    out.extend_from_slice(rest);
-    out.push(b'"');
+    string_of_bytes(out, s.as_bytes());
 }
 
 /// Appends `bytes` (UTF-8 text, such as a JSON document this crate wrote) as one JSON
