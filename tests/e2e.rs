@@ -1685,7 +1685,20 @@ fn chmod(path: &Path, mode: u32) {
 /// `kube-audit-shipper ARGS` as the service user, with its stderr going to `log`.
 fn spawn_as_service_user(args: &[&str], config: &Path, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(bin());
+    // The checkout may sit under a directory only its owner can enter (`mktemp -d` is
+    // 0700): the service user runs a copy of the binary from the work dir instead.
+    let exe = match (service_user(), config.parent()) {
+        (Some(_), Some(dir)) => {
+            let copy = dir.join("kube-audit-shipper-for-service-user");
+            if !copy.exists() {
+                std::fs::copy(bin(), &copy).unwrap();
+                chmod(&copy, 0o755);
+            }
+            copy
+        }
+        _ => bin(),
+    };
+    let mut cmd = Command::new(exe);
     cmd.args(args)
         .arg(config)
         .env("RUST_LOG", "info")
