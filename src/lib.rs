@@ -30,6 +30,7 @@ pub mod filter;
 pub mod intake;
 pub mod lines;
 pub mod metrics;
+pub mod pipeline;
 pub mod records;
 pub mod run;
 pub mod spool;
