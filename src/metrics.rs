@@ -15,12 +15,10 @@
 //! (`events_spooled = lines_spooled + lines_rejected + gap_records`), and a test checks the
 //! sums (tests/e2e.rs).
 //!
-//! The HTTP endpoint is deliberately tiny: one connection at a time, a 2 s read/write timeout,
-//! requests larger than 8 KiB refused. A slow or hostile client delays other scrapers by at
-//! most the timeout and never touches the pipeline, which only updates atomics.
+//! The endpoints run on [`crate::http`] with [`LIMITS`]: at most 4 connections, 5 s to
+//! send a request, no request body. A slow or hostile client delays other scrapers by at
+//! most that and never touches the pipeline, which only updates atomics.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -187,6 +185,8 @@ pub struct Metrics {
     pub reader_beat_micros: Value,
     /// `/livez` fails when a loop has not come round for this long (see [`Metrics::liveness`]).
     pub stuck_after: Duration,
+    /// The webhook input's own counters, when it is on.
+    pub webhook: Option<Arc<crate::webhook::WebhookMetrics>>,
 }
 
 impl Metrics {
@@ -198,6 +198,7 @@ impl Metrics {
             started_micros: now,
             reader_beat_micros: Value::default(),
             stuck_after: Duration::from_secs(120),
+            webhook: None,
         };
         m.reader_beat_micros.set(now);
         m
@@ -542,6 +543,9 @@ impl Metrics {
             };
             sample(&mut out, "backlog_age_seconds", &[("file", &f.file)], age);
         }
+        if let Some(w) = &self.webhook {
+            w.render(&mut out);
+        }
         family(&mut out, "healthy", "gauge", "1 when /healthz passes.");
         sample(
             &mut out,
@@ -560,12 +564,12 @@ impl Metrics {
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP kas_{name} {help}\n# TYPE kas_{name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
+pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
     out.push_str("kas_");
     out.push_str(name);
     if !labels.is_empty() {
@@ -593,104 +597,41 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
     out.push('\n');
 }
 
-/// Largest request accepted (a scraper's GET is a few hundred bytes).
-const MAX_REQUEST: usize = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Scrapers and probes: a few at a time, each answered in one short exchange.
+pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    max_connections: 4,
+    idle: Duration::from_secs(5),
+    request: Duration::from_secs(5),
+};
 
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, &metrics) {
-                    log::debug!("metrics connection: {e}");
-                }
-            }
-            Err(e) => {
-                log::warn!("metrics listener: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+/// `/metrics`, `/healthz` and `/livez` over [`crate::http`]. The pipeline only updates
+/// atomics, so a slow or hostile client never touches it.
+pub struct Endpoints(pub Arc<Metrics>);
+
+impl crate::http::Handler for Endpoints {
+    fn body_limit(&self, _method: &str, _path: &str) -> usize {
+        0
     }
-}
 
-fn verdict(v: Result<(), String>) -> (&'static str, &'static str, String) {
-    match v {
-        Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
-        Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-    }
-}
-
-fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    let complete = loop {
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-            || buf[..len].windows(2).any(|w| w == b"\n\n")
-        {
-            break true;
+    fn handle(&self, request: crate::http::Request) -> crate::http::Response {
+        use crate::http::Response;
+        if request.method != "GET" && request.method != "HEAD" {
+            return Response::text(405, "only GET\n");
         }
-        if len == buf.len() {
-            break false;
-        }
-        match stream.read(&mut buf[len..]) {
-            Ok(0) => break false,
-            Ok(n) => len += n,
-            Err(e) => return Err(e),
-        }
-    };
-    let (status, kind, body) = if !complete {
-        (
-            if len == buf.len() {
-                "431 Request Header Fields Too Large"
-            } else {
-                "400 Bad Request"
+        let verdict = |v: Result<(), String>| match v {
+            Ok(()) => Response::text(200, "ok\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        };
+        match request.path.as_str() {
+            "/metrics" => Response {
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                ..Response::text(200, self.0.render(now_micros()))
             },
-            "text/plain",
-            "bad request\n".to_string(),
-        )
-    } else {
-        let head = String::from_utf8_lossy(&buf[..len]);
-        let mut words = head.lines().next().unwrap_or("").split(' ');
-        let (method, target, version) = (words.next(), words.next(), words.next());
-        let path = target.map(|t| t.split('?').next().unwrap_or(t));
-        match (method, path, version) {
-            (Some(m), Some(_), Some(v)) if v.starts_with("HTTP/") && m != "GET" && m != "HEAD" => (
-                "405 Method Not Allowed",
-                "text/plain",
-                "only GET\n".to_string(),
-            ),
-            (Some(_), Some("/metrics"), Some(v)) if v.starts_with("HTTP/") => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(now_micros()),
-            ),
-            (Some(_), Some("/healthz"), Some(v)) if v.starts_with("HTTP/") => {
-                verdict(metrics.health(now_micros()))
-            }
-            (Some(_), Some("/livez"), Some(v)) if v.starts_with("HTTP/") => {
-                verdict(metrics.liveness(now_micros()))
-            }
-            (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") => (
-                "404 Not Found",
-                "text/plain",
-                "try /metrics, /healthz or /livez\n".to_string(),
-            ),
-            _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+            "/healthz" => verdict(self.0.health(now_micros())),
+            "/livez" => verdict(self.0.liveness(now_micros())),
+            _ => Response::text(404, "try /metrics, /healthz or /livez\n"),
         }
-    };
-    let head_only = buf.starts_with(b"HEAD ");
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        response.push_str(&body);
     }
-    stream.write_all(response.as_bytes())?;
-    stream.flush()
 }
 
 #[cfg(test)]

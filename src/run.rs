@@ -10,9 +10,11 @@
 //! SIGTERM/SIGINT: seal the open batches, store them, commit, save, return — the sender may
 //! be in the middle of a request; its segment stays in the spool and is sent again next time.
 
-use crate::config::Config;
+use crate::config::{Config, LogFile, WEBHOOK_ID, Webhook};
+use crate::http;
 use crate::intake::{Sender, Step};
 use crate::metrics::{FileMetrics, Metrics, now_micros};
+use crate::pipeline::Stage;
 use crate::pipeline::file::FilePipeline;
 use crate::records;
 use crate::spool::{Class, Spool};
@@ -47,6 +49,67 @@ pub fn spool_dir(state_dir: &Path, filepath: &str) -> PathBuf {
     state_dir
         .join("spool")
         .join(tc.checkpoint_name.trim_start_matches("checkpoints-"))
+}
+
+/// Starts the sender thread of an input's spool.
+fn start_sender(
+    cfg: &Config,
+    entry: &LogFile,
+    stage: &mut Stage,
+    stop: &Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, String> {
+    let sender = Sender::new(&cfg.intake(entry)).map_err(|e| format!("intake: {e}"))?;
+    let (spool, m, stop) = (stage.spool.clone(), stage.m.clone(), stop.clone());
+    let handle = thread::Builder::new()
+        .name("sender".into())
+        .spawn(move || send_loop(sender, spool, m, stop))
+        .map_err(|e| format!("sender thread: {e}"))?;
+    stage.sender = Some(handle.thread().clone());
+    Ok(handle)
+}
+
+/// The webhook input's stage, on its own spool (`<state_dir>/spool/webhook`).
+fn open_webhook_stage(cfg: &Config, w: &Webhook, host: &str) -> Result<Stage, String> {
+    let dir = cfg.state_dir.join("spool").join(WEBHOOK_ID);
+    let spool = Spool::open(&dir, cfg.spool_share())
+        .map_err(|e| format!("spool {}: {e}", dir.display()))?;
+    let rules: Vec<String> = w.entry.rules.iter().map(|r| r.name.clone()).collect();
+    let m = Arc::new(FileMetrics::new(WEBHOOK_ID, &rules));
+    Ok(Stage::new(cfg, &w.entry, spool, m, host))
+}
+
+/// Binds the webhook's listener (TLS when configured) and starts its threads.
+fn start_webhook(
+    cfg: &Config,
+    w: &Webhook,
+    stage: Stage,
+    metrics: Arc<crate::webhook::WebhookMetrics>,
+) -> Result<(), String> {
+    let tls = match &w.tls {
+        Some((cert, key)) => Some(
+            http::tls::server_config(cert, key, w.client_ca.as_deref())
+                .map_err(|e| format!("webhook: {e}"))?,
+        ),
+        None => None,
+    };
+    let listener = std::net::TcpListener::bind(w.listen)
+        .map_err(|e| format!("webhook listen {}: {e}", w.listen))?;
+    let (handler, _pipeline) = crate::webhook::start(cfg, stage, metrics)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    thread::Builder::new()
+        .name("webhook-http".into())
+        .spawn(move || http::serve(listener, tls, handler, crate::webhook::LIMITS, "webhook"))
+        .map_err(|e| format!("webhook thread: {e}"))?;
+    log::info!(
+        "audit webhook on {scheme}://{}{}",
+        w.listen,
+        if w.client_ca.is_some() {
+            " (client certificate required)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 /// The sender loop of one log file: deliver, update the metrics, wait as told.
@@ -184,36 +247,42 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     for logfile in &cfg.logfiles {
         pipelines.push(FilePipeline::open(cfg, logfile, &host)?);
     }
-    let mut metrics = Metrics::new(
-        pipelines.iter().map(|p| p.stage.m.clone()).collect(),
-        cfg.unhealthy_after,
-    );
+    let mut webhook_stage = match &cfg.webhook {
+        Some(w) => Some(open_webhook_stage(cfg, w, &host)?),
+        None => None,
+    };
+    let mut files: Vec<Arc<FileMetrics>> = pipelines.iter().map(|p| p.stage.m.clone()).collect();
+    files.extend(webhook_stage.as_ref().map(|s| s.m.clone()));
+    let mut metrics = Metrics::new(files, cfg.unhealthy_after);
     // A sender's step is at most one request (bounded by the timeout) and a few spool
     // writes; a reader's step is a bounded read and a few spool writes.
     metrics.stuck_after =
         (cfg.request_timeout * 2 + Duration::from_secs(60)).max(Duration::from_secs(120));
+    let webhook_metrics = webhook_stage
+        .as_ref()
+        .map(|_| Arc::new(crate::webhook::WebhookMetrics::default()));
+    metrics.webhook = webhook_metrics.clone();
     let metrics = Arc::new(metrics);
     if let Some(addr) = cfg.metrics_address {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("metrics_address {addr}: {e}"))?;
-        let metrics = metrics.clone();
+        let handler = Arc::new(crate::metrics::Endpoints(metrics.clone()));
         thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || crate::metrics::serve(listener, metrics))
+            .spawn(move || http::serve(listener, None, handler, crate::metrics::LIMITS, "metrics"))
             .map_err(|e| format!("metrics thread: {e}"))?;
         log::info!("metrics on http://{addr}/metrics, health on /healthz, liveness on /livez");
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders: Vec<JoinHandle<()>> = Vec::new();
     for (p, logfile) in pipelines.iter_mut().zip(&cfg.logfiles) {
-        let sender = Sender::new(&cfg.intake(logfile)).map_err(|e| format!("intake: {e}"))?;
-        let (spool, m, stop) = (p.stage.spool.clone(), p.stage.m.clone(), stop.clone());
-        let handle = thread::Builder::new()
-            .name("sender".into())
-            .spawn(move || send_loop(sender, spool, m, stop))
-            .map_err(|e| format!("sender thread: {e}"))?;
-        p.stage.sender = Some(handle.thread().clone());
-        senders.push(handle);
+        senders.push(start_sender(cfg, logfile, &mut p.stage, &stop)?);
+    }
+    if let (Some(w), Some(mut stage), Some(wm)) =
+        (&cfg.webhook, webhook_stage.take(), webhook_metrics)
+    {
+        senders.push(start_sender(cfg, &w.entry, &mut stage, &stop)?);
+        start_webhook(cfg, w, stage, wm)?;
     }
     log::info!(
         "shipping {} to {} ({:?} form, state in {})",

@@ -44,6 +44,19 @@ pub(super) enum Problem {
     },
     NoClientKey,
     NoClientCert,
+    /// `webhook:` has a certificate or a key without the other.
+    WebhookHalfTls {
+        missing: &'static str,
+    },
+    /// A plain-HTTP webhook on an address other hosts reach: audit events in clear text.
+    WebhookPlainHttp {
+        listen: std::net::SocketAddr,
+    },
+    /// `webhook.client_ca_file` without a server certificate.
+    ClientCaWithoutTls,
+    WebhookBody {
+        bytes: u64,
+    },
     NoIntakeKey {
         filepath: String,
     },
@@ -234,7 +247,8 @@ impl fmt::Display for Problem {
             Problem::Yaml(msg) => f.write_str(msg),
             Problem::UnknownKey { name, expected } => unknown_key_text(f, name, expected),
             Problem::NoLogfiles => f.write_str(
-                "at least one entry is needed (`- filepath: ...` with `intakekey: ...`)",
+                "at least one entry is needed (`- filepath: ...` with `intakekey: ...`), unless a \
+                 `webhook:` section is the input",
             ),
             Problem::RegionAndUrl => f.write_str("give either `intake_url` or `region`, not both"),
             Problem::SpreadWithoutPlainBatch => f.write_str(
@@ -254,6 +268,26 @@ impl fmt::Display for Problem {
             ),
             Problem::NoClientKey => f.write_str("needs `client_key` too"),
             Problem::NoClientCert => f.write_str("needs `client_cert` too"),
+            Problem::WebhookHalfTls { missing } => write!(
+                f,
+                "needs `{missing}` too: TLS takes a certificate and its key (or give neither \
+                 for plain HTTP on a loopback address)"
+            ),
+            Problem::WebhookPlainHttp { listen } => write!(
+                f,
+                "{listen} is not a loopback address: without TLS the audit events would cross \
+                 the network in clear text; add `cert_file` and `key_file` (and \
+                 `client_ca_file` for the API server's certificate), or listen on 127.0.0.1"
+            ),
+            Problem::ClientCaWithoutTls => f.write_str(
+                "client certificates need TLS: add `cert_file` and `key_file`, or remove \
+                 `client_ca_file`",
+            ),
+            Problem::WebhookBody { bytes } => write!(
+                f,
+                "{bytes} bytes: expected 1 KiB to 1 GiB (an EventList of \
+                 --audit-webhook-batch-max-size events; the default is 64 MiB)"
+            ),
             Problem::NoIntakeKey { filepath } => write!(
                 f,
                 "{filepath}: no intake key; add `intakekey: <key>` (or `intakekey_file: PATH`, \

@@ -29,7 +29,7 @@ use crate::intake::IntakeConfig;
 use crate::tail::StartAt;
 use error::{ConfigError, Problem};
 use locate::{Step, key_name, refuse};
-use raw::{RawConfig, RawLogFile, RawRule};
+use raw::{RawConfig, RawLogFile, RawRule, RawWebhook};
 use std::fmt;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -65,9 +65,29 @@ pub struct Config {
     /// `None`: metrics are off.
     pub metrics_address: Option<SocketAddr>,
     pub unhealthy_after: Duration,
+    /// The audit webhook input (`webhook:`), off when `None`.
+    pub webhook: Option<Webhook>,
     /// Problems that do not stop the service (a world-readable key), for the caller to log.
     pub warnings: Vec<String>,
 }
+
+/// The `webhook:` section: where the API server posts its audit events.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub listen: SocketAddr,
+    /// Server certificate and key (PEM); `None`: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CAs (PEM) whose client certificates are required (the API server's); TLS only.
+    pub client_ca: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Its key and rules, as a `logfiles` entry's; `filepath` is [`WEBHOOK_ID`].
+    pub entry: LogFile,
+}
+
+/// The webhook's name where a log file's pattern would be: its spool directory, its metrics'
+/// `file` label, the `file` of its records.
+pub const WEBHOOK_ID: &str = "webhook";
 
 /// One `logfiles:` entry.
 #[derive(Clone)]
@@ -134,7 +154,7 @@ impl Config {
         let mut raw: RawConfig =
             yaml_serde::from_str(text).map_err(|e| ConfigError::from_yaml(e, text))?;
         let entries = std::mem::take(&mut raw.logfiles);
-        if entries.is_empty() {
+        if entries.is_empty() && raw.webhook.is_none() {
             return Err(refuse(text, &[Step::Key("logfiles")], Problem::NoLogfiles));
         }
         let intake_url = intake_url(&mut raw, text)?;
@@ -145,7 +165,12 @@ impl Config {
             &[Step::Key("OptimizationRules")],
         )?;
         let logfiles = logfiles(entries, &top_rules, text, path)?;
-        let (batch, spool_max_bytes) = batch_and_spool(&raw, logfiles.len(), text)?;
+        let webhook = match raw.webhook.take() {
+            Some(w) => Some(webhook(w, &top_rules, text, path)?),
+            None => None,
+        };
+        let inputs = logfiles.len() + usize::from(webhook.is_some());
+        let (batch, spool_max_bytes) = batch_and_spool(&raw, inputs, text)?;
         let intake_format = raw
             .intake_format
             .as_ref()
@@ -186,6 +211,7 @@ impl Config {
             unhealthy_after: raw
                 .unhealthy_after_secs
                 .map_or(Duration::from_secs(900), |s| s.0),
+            webhook,
             warnings,
         })
     }
@@ -203,9 +229,10 @@ impl Config {
         }
     }
 
-    /// Spool bytes for each log file.
+    /// Spool bytes for each input (a log file, the webhook).
     pub fn spool_share(&self) -> u64 {
-        self.spool_max_bytes / self.logfiles.len().max(1) as u64
+        let inputs = self.logfiles.len() + usize::from(self.webhook.is_some());
+        self.spool_max_bytes / inputs.max(1) as u64
     }
 }
 
@@ -295,6 +322,74 @@ fn logfiles(
         });
     }
     Ok(logfiles)
+}
+
+/// The `webhook:` section, checked: TLS files in pairs, a client CA only with TLS.
+fn webhook(
+    raw: RawWebhook,
+    top_rules: &[Rule],
+    text: &str,
+    path: &Path,
+) -> Result<Webhook, ConfigError> {
+    let at =
+        |key: &'static str, problem| refuse(text, &[Step::Key("webhook"), Step::Key(key)], problem);
+    let (key, key_source) = raw.key(path, text)?;
+    let tls = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(at(
+                "cert_file",
+                Problem::WebhookHalfTls {
+                    missing: "key_file",
+                },
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(at(
+                "key_file",
+                Problem::WebhookHalfTls {
+                    missing: "cert_file",
+                },
+            ));
+        }
+    };
+    let listen = raw
+        .listen
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 9881)), |l| l.0);
+    if tls.is_none() && !listen.ip().is_loopback() {
+        return Err(at("listen", Problem::WebhookPlainHttp { listen }));
+    }
+    if raw.client_ca_file.is_some() && tls.is_none() {
+        return Err(at("client_ca_file", Problem::ClientCaWithoutTls));
+    }
+    let max_body_bytes = raw.max_body_bytes.map_or(64 * 1024 * 1024, |b| b.0);
+    if !(1024..=1024 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(at(
+            "max_body_bytes",
+            Problem::WebhookBody {
+                bytes: max_body_bytes,
+            },
+        ));
+    }
+    let mut rules = top_rules.to_vec();
+    rules.extend(self::rules(
+        raw.optimization_rules.unwrap_or_default(),
+        text,
+        &[Step::Key("webhook"), Step::Key("OptimizationRules")],
+    )?);
+    Ok(Webhook {
+        listen,
+        tls,
+        client_ca: raw.client_ca_file,
+        max_body_bytes: max_body_bytes as usize,
+        entry: LogFile {
+            filepath: WEBHOOK_ID.to_string(),
+            key,
+            key_source,
+            rules,
+        },
+    })
 }
 
 /// The batch limits and the spool size. A batch must fit in one log file's share of the

@@ -3,8 +3,9 @@
 use super::error::{ConfigError, Problem};
 use super::locate::{Step, refuse};
 use super::values::{
-    Action, BatchBytes, Bytes, FieldName, IntakeFormatName, KeyText, Level, LineBytes, MaxEvents,
-    MetricsAddress, OpName, Output, Proxy, Region, Scalar, Secs, Spread, Start, Url, key_fault,
+    Action, BatchBytes, Bytes, FieldName, IntakeFormatName, KeyText, Level, LineBytes, Listen,
+    MaxEvents, MetricsAddress, OpName, Output, Proxy, Region, Scalar, Secs, Spread, Start, Url,
+    key_fault,
 };
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -38,6 +39,7 @@ pub(super) struct RawConfig {
     pub(super) unhealthy_after_secs: Option<Secs>,
     #[serde(rename = "OptimizationRules")]
     pub(super) optimization_rules: Option<Vec<RawRule>>,
+    pub(super) webhook: Option<RawWebhook>,
     // The Sekoia Endpoint Agent's own keys (`AGENT_KEYS`), any value: read and warned about.
     roles: Option<IgnoredAny>,
     #[serde(rename = "EventBufferCacheSize")]
@@ -122,12 +124,69 @@ impl RawLogFile {
         text: &str,
         i: usize,
     ) -> Result<(String, String), ConfigError> {
-        let at = |key: &'static str, problem| {
-            refuse(
-                text,
-                &[Step::Key("logfiles"), Step::Index(i), Step::Key(key)],
-                problem,
-            )
+        let keys = KeyKeys {
+            intakekey: &self.intakekey,
+            intakekey_file: &self.intakekey_file,
+            intakekey_env: &self.intakekey_env,
+        };
+        keys.read(
+            config,
+            text,
+            &[Step::Key("logfiles"), Step::Index(i)],
+            &self.filepath,
+        )
+    }
+}
+
+/// The `webhook:` section (off when absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) listen: Option<Listen>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) client_ca_file: Option<PathBuf>,
+    pub(super) max_body_bytes: Option<Bytes>,
+    intakekey: Option<KeyText>,
+    intakekey_file: Option<PathBuf>,
+    intakekey_env: Option<String>,
+    #[serde(rename = "OptimizationRules")]
+    pub(super) optimization_rules: Option<Vec<RawRule>>,
+}
+
+impl RawWebhook {
+    /// The webhook's intake key and where it came from.
+    pub(super) fn key(&self, config: &Path, text: &str) -> Result<(String, String), ConfigError> {
+        let keys = KeyKeys {
+            intakekey: &self.intakekey,
+            intakekey_file: &self.intakekey_file,
+            intakekey_env: &self.intakekey_env,
+        };
+        keys.read(config, text, &[Step::Key("webhook")], "webhook")
+    }
+}
+
+/// The three ways to give an intake key, as an entry (`logfiles` item, `webhook`) holds them.
+struct KeyKeys<'a> {
+    intakekey: &'a Option<KeyText>,
+    intakekey_file: &'a Option<PathBuf>,
+    intakekey_env: &'a Option<String>,
+}
+
+impl KeyKeys<'_> {
+    /// The key and where it came from. `at` is the entry's place in `text`, `label` names
+    /// the entry in the message when no key is given.
+    fn read(
+        &self,
+        config: &Path,
+        text: &str,
+        at: &[Step],
+        label: &str,
+    ) -> Result<(String, String), ConfigError> {
+        let here = |key: &'static str, problem| {
+            let mut path = at.to_vec();
+            path.push(Step::Key(key));
+            refuse(text, &path, problem)
         };
         let given: Vec<&'static str> = [
             ("intakekey", self.intakekey.is_some()),
@@ -138,19 +197,19 @@ impl RawLogFile {
         .filter_map(|(k, g)| g.then_some(k))
         .collect();
         if let [_, second, ..] = given[..] {
-            return Err(at(second, Problem::SeveralKeys));
+            return Err(here(second, Problem::SeveralKeys));
         }
-        if let Some(k) = &self.intakekey {
+        if let Some(k) = self.intakekey {
             // Checked when read (`KeyText`).
             return Ok((k.0.clone(), "intakekey".to_string()));
         }
-        let (key, from, source) = if let Some(file) = &self.intakekey_file {
+        let (key, from, source) = if let Some(file) = self.intakekey_file {
             let file = config
                 .parent()
                 .map_or_else(|| file.clone(), |dir| dir.join(file));
             let text = std::fs::read_to_string(&file).map_err(|e| {
                 let error = e.to_string();
-                at(
+                here(
                     "intakekey_file",
                     Problem::KeyFile {
                         file: file.clone(),
@@ -160,23 +219,23 @@ impl RawLogFile {
             })?;
             let source = format!("intakekey_file {}", file.display());
             (text, file.display().to_string(), ("intakekey_file", source))
-        } else if let Some(var) = &self.intakekey_env {
+        } else if let Some(var) = self.intakekey_env {
             let key = std::env::var(var)
-                .map_err(|_| at("intakekey_env", Problem::EnvUnset { var: var.clone() }))?;
+                .map_err(|_| here("intakekey_env", Problem::EnvUnset { var: var.clone() }))?;
             let source = format!("intakekey_env {var}");
             (key, format!("${var}"), ("intakekey_env", source))
         } else {
             return Err(refuse(
                 text,
-                &[Step::Key("logfiles"), Step::Index(i)],
+                at,
                 Problem::NoIntakeKey {
-                    filepath: self.filepath.clone(),
+                    filepath: label.to_string(),
                 },
             ));
         };
         let key = key.trim().to_string();
         match key_fault(&key) {
-            Some(fault) => Err(at(source.0, Problem::BadKey { from, fault })),
+            Some(fault) => Err(here(source.0, Problem::BadKey { from, fault })),
             None => Ok((key, source.1)),
         }
     }

@@ -265,6 +265,9 @@ checked!(MetricsAddress(Option<SocketAddr>), |s| {
         .map(Some)
         .map_err(|_| format!("expected IP:PORT (e.g. 127.0.0.1:9880) or off, got {s:?}"))
 });
+checked!(Listen(SocketAddr), |s| s.parse().map_err(|_| format!(
+    "expected IP:PORT to listen on (e.g. 127.0.0.1:9881), got {s:?}"
+)));
 checked!(Bytes(u64), parse_bytes);
 // The batch size is checked here, not after: the error then carries the value's position.
 checked!(BatchBytes(u64), |s| {

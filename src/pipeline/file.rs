@@ -1,17 +1,13 @@
 //! A `logfiles:` entry's pipeline: its tailer feeding a [`Stage`], the commits and saves of
 //! its positions, and what the operator is told about its input.
 
-use super::{LineWarnings, Problem, Stage, slot};
-use crate::batch::Batcher;
-use crate::commit::Commits;
+use super::{Problem, Stage};
 use crate::config::{Config, LogFile};
-use crate::extract::Extractor;
 use crate::metrics::{FileMetrics, INPUT_GRACE, InputState, now_micros};
 use crate::spool::{Class, Spool};
 use crate::tail::access::{AUDIT_LOG_OFF, Reading};
 use crate::tail::{TailConfig, Tailer};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Commits of filtered-only progress are saved at most this often.
@@ -75,28 +71,7 @@ impl FilePipeline {
         let mut pipeline = FilePipeline {
             name: logfile.filepath.clone(),
             tailer,
-            stage: Stage {
-                extractor: Extractor::new(),
-                batcher: Batcher::with_format(cfg.batch, cfg.intake_format, &logfile.key),
-                spool: Arc::new(Mutex::new(spool)),
-                format: cfg.format,
-                rules: logfile.rules.clone(),
-                m,
-                host: host.to_string(),
-                out: Vec::new(),
-                escaped: Vec::new(),
-                raw: Vec::new(),
-                commits: Commits::default(),
-                open_lines: [0, 0],
-                backlog: VecDeque::new(),
-                evicted: Vec::new(),
-                stored: false,
-                moved: false,
-                sender: None,
-                last_error_log: [None; Problem::COUNT],
-                line_warnings: LineWarnings::new(),
-                input_complained: false,
-            },
+            stage: Stage::new(cfg, logfile, spool, m, host),
             last_save: Instant::now(),
             last_reading: None,
         };
@@ -205,20 +180,7 @@ impl FilePipeline {
     /// Stop: seal and store what is open, commit, save.
     pub(crate) fn finish(&mut self) {
         let stage = &mut self.stage;
-        match stage.batcher.seal_all() {
-            Ok(batches) => {
-                for b in batches {
-                    stage.seal(slot(b.class), b);
-                }
-            }
-            Err(e) => log::error!("batching failed: {e}"),
-        }
-        stage.report_evictions();
-        if let Ok(batches) = stage.batcher.seal_all() {
-            for b in batches {
-                stage.seal(slot(b.class), b);
-            }
-        }
+        stage.seal_everything();
         if !stage.backlog.is_empty() {
             log::warn!(
                 "{}: {} batches could not be spooled (spool full); their lines stay uncommitted \

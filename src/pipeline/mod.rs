@@ -20,6 +20,7 @@ pub mod file;
 
 use crate::batch::{Batcher, IntakeFormat, Sealed, escape_event};
 use crate::commit::{BatchMarks, Commits};
+use crate::config::{Config, LogFile};
 use crate::extract::{Event, Extractor, Format, MAX_EVENT_BYTES};
 use crate::filter::{self, Rule};
 use crate::metrics::{FileMetrics, now_micros};
@@ -176,6 +177,56 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
+    /// A stage for the input `entry` (its key and rules), storing into `spool`.
+    pub(crate) fn new(
+        cfg: &Config,
+        entry: &LogFile,
+        spool: Spool,
+        m: Arc<FileMetrics>,
+        host: &str,
+    ) -> Stage {
+        Stage {
+            extractor: Extractor::new(),
+            batcher: Batcher::with_format(cfg.batch, cfg.intake_format, &entry.key),
+            spool: Arc::new(Mutex::new(spool)),
+            format: cfg.format,
+            rules: entry.rules.clone(),
+            m,
+            host: host.to_string(),
+            out: Vec::new(),
+            escaped: Vec::new(),
+            raw: Vec::new(),
+            commits: Commits::default(),
+            open_lines: [0, 0],
+            backlog: VecDeque::new(),
+            evicted: Vec::new(),
+            stored: false,
+            moved: false,
+            sender: None,
+            last_error_log: [None; Problem::COUNT],
+            line_warnings: LineWarnings::new(),
+            input_complained: false,
+        }
+    }
+
+    /// Seals every open batch and hands it to the spool, with the gap records of what
+    /// that evicts; `false` when something could not be stored (it stays in the backlog).
+    pub(crate) fn seal_everything(&mut self) -> bool {
+        loop {
+            match self.batcher.seal_all() {
+                Ok(batches) => {
+                    for b in batches {
+                        self.seal(slot(b.class), b);
+                    }
+                }
+                Err(e) => log::error!("batching failed: {e}"),
+            }
+            if self.evicted.is_empty() {
+                return self.backlog.is_empty();
+            }
+            self.report_evictions();
+        }
+    }
     pub(crate) fn handle(&mut self, ev: TailEvent<'_>) {
         match ev {
             TailEvent::Line {
