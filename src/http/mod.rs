@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 const MAX_HEAD: usize = 16 * 1024;
 /// Headers parsed per request.
 const MAX_HEADERS: usize = 64;
+/// How long a closing connection drains what the client still sends (see [`close`]).
+const LINGER: Duration = Duration::from_secs(2);
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 256 * 1024;
 
@@ -232,6 +234,7 @@ fn connection(
         conn.write_all(&out)?;
         conn.flush()?;
         if !keep {
+            close(&mut conn);
             return Ok(());
         }
     }
@@ -241,7 +244,33 @@ fn answer_and_close(conn: &mut Conn, status: u16, why: String) -> io::Result<()>
     let mut out = Vec::new();
     write_response(&mut out, &Response::text(status, why + "\n"), false, true)?;
     conn.write_all(&out)?;
-    conn.flush()
+    conn.flush()?;
+    close(conn);
+    Ok(())
+}
+
+/// Closes after an answer. The client may still be sending (a body refused before it was
+/// read): closing with unread bytes would make the kernel reset the connection, and a reset
+/// can destroy the answer before the client reads it. So the write side is shut and what
+/// still comes is read and dropped for up to [`LINGER`].
+fn close(conn: &mut Conn) {
+    if let Conn::Tls(s) = conn {
+        s.conn.send_close_notify();
+        let _ = s.flush();
+    }
+    let mut tcp = conn.tcp();
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut sink = [0u8; 16 * 1024];
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match tcp.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Why a request is not handed to the handler.
