@@ -8,7 +8,7 @@
 //! one record labelled `"kind":"KubeAuditShipperCheck"` (with the host, the version and the
 //! time) per distinct intake and key.
 
-use crate::config::Config;
+use crate::config::{Config, WEBHOOK_ID, Webhook};
 use crate::intake::{Answer, Sender};
 use crate::run::spool_dir;
 use flate2::Compression;
@@ -83,6 +83,10 @@ pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
         );
         check_intake(&cfg, l, mode, &mut keys_sent, &mut problems);
     }
+    if let Some(w) = &cfg.webhook {
+        check_webhook(&cfg, w, &mut problems);
+        check_intake(&cfg, &w.entry, mode, &mut keys_sent, &mut problems);
+    }
     if problems.is_empty() {
         println!(
             "\nok: `kube-audit-shipper run --config {}` would ship as above",
@@ -96,6 +100,51 @@ pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
         }
         Ok(false)
     }
+}
+
+/// The webhook input: its TLS files load, its address can be bound (unless the service
+/// already holds it), and where its spool goes.
+fn check_webhook(cfg: &Config, w: &Webhook, problems: &mut Vec<String>) {
+    let scheme = if w.tls.is_some() { "https" } else { "http" };
+    println!(
+        "webhook: {scheme}://{} (key from {}, {} rule(s), bodies up to {} bytes{})",
+        w.listen,
+        w.entry.key_source,
+        w.entry.rules.len(),
+        w.max_body_bytes,
+        if w.client_ca.is_some() {
+            ", client certificate required"
+        } else {
+            ""
+        }
+    );
+    if let Some((cert, key)) = &w.tls {
+        match crate::http::tls::server_config(cert, key, w.client_ca.as_deref()) {
+            Ok(_) => println!("  TLS: certificate {} and its key load", cert.display()),
+            Err(e) => problems.push(format!("webhook: {e}")),
+        }
+    }
+    match std::net::TcpListener::bind(w.listen) {
+        Ok(_) => println!("  listen: {} is free", w.listen),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && lock_is_held(&cfg.state_dir) => {
+            println!("  listen: {} is in use, by the running service", w.listen)
+        }
+        Err(e) => problems.push(format!(
+            "webhook: cannot listen on {}: {e}; choose a free address in `webhook.listen`",
+            w.listen
+        )),
+    }
+    let spool = cfg.state_dir.join("spool").join(WEBHOOK_ID);
+    println!(
+        "  spool: {} (cap {} bytes{})",
+        spool.display(),
+        cfg.spool_share(),
+        if spool.is_dir() {
+            ""
+        } else {
+            "; `run` creates it"
+        }
+    );
 }
 
 /// What `run` would do with the state directory, found without changing anything: `check`

@@ -37,9 +37,9 @@ pub(super) struct RawConfig {
     pub(super) http_proxy_url: Option<Proxy>,
     pub(super) metrics_address: Option<MetricsAddress>,
     pub(super) unhealthy_after_secs: Option<Secs>,
+    pub(super) webhook: Option<RawWebhook>,
     #[serde(rename = "OptimizationRules")]
     pub(super) optimization_rules: Option<Vec<RawRule>>,
-    pub(super) webhook: Option<RawWebhook>,
     // The Sekoia Endpoint Agent's own keys (`AGENT_KEYS`), any value: read and warned about.
     roles: Option<IgnoredAny>,
     #[serde(rename = "EventBufferCacheSize")]
@@ -162,7 +162,7 @@ impl RawWebhook {
             intakekey_file: &self.intakekey_file,
             intakekey_env: &self.intakekey_env,
         };
-        keys.read(config, text, &[Step::Key("webhook")], "webhook")
+        keys.read(config, text, &[Step::Key("webhook")], "the audit webhook")
     }
 }
 

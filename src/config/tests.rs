@@ -361,7 +361,7 @@ fn checks_of_several_keys_are_where_the_parser_finds_the_key() {
         e,
         format!(
             "{AT}logfiles: at least one entry is needed (`- filepath: ...` with \
-             `intakekey: ...`) at line 1 column 1"
+             `intakekey: ...`), unless a `webhook:` section is the input at line 1 column 1"
         )
     );
 }
@@ -595,4 +595,67 @@ fn the_intake_format_defaults_to_array_and_plain_batch_takes_a_spread() {
              it or set the format at line 4 column 1"
         )
     );
+}
+
+#[test]
+fn the_webhook_section_alone_is_a_configuration_and_its_mistakes_are_named() {
+    let cfg = parse("webhook:\n  intakekey: wh-key\n  OptimizationRules:\n    - name: r\n      action: 1\n      filters:\n        - {field: event.action, operator: \"==\", value: watch}\n")
+        .unwrap();
+    let w = cfg.webhook.as_ref().unwrap();
+    assert_eq!(w.listen, SocketAddr::from(([127, 0, 0, 1], 9881)));
+    assert_eq!((w.entry.key.as_str(), w.entry.rules.len()), ("wh-key", 1));
+    assert_eq!(w.max_body_bytes, 64 << 20);
+    assert!(cfg.logfiles.is_empty());
+    assert_eq!(cfg.spool_share(), 256 << 20);
+    assert!(!format!("{cfg:?}").contains("wh-key"));
+    // With a log file too, the spool is shared.
+    let both = parse(
+        "logfiles:\n  - filepath: /x/audit.log\n    intakekey: k\nwebhook:\n  intakekey: k2\n",
+    )
+    .unwrap();
+    assert_eq!(both.spool_share(), 128 << 20);
+    let cases = [
+        (
+            "webhook:\n  listen: 0.0.0.0:9881\n  intakekey: k\n",
+            "clear text",
+            "line 2",
+        ),
+        (
+            "webhook:\n  cert_file: /c.pem\n  intakekey: k\n",
+            "key_file",
+            "line 2",
+        ),
+        (
+            "webhook:\n  client_ca_file: /ca.pem\n  intakekey: k\n",
+            "need TLS",
+            "line 2",
+        ),
+        (
+            "webhook:\n  listen: localhost\n  intakekey: k\n",
+            "IP:PORT",
+            "line 2",
+        ),
+        (
+            "webhook:\n  listen: 127.0.0.1:1\n",
+            "no intake key",
+            "line 1",
+        ),
+        (
+            "webhook:\n  intakekey: k\n  max_body_bytes: 10\n",
+            "1 KiB to 1 GiB",
+            "line 3",
+        ),
+        (
+            "webhook:\n  intakekey: k\n  lisen: 127.0.0.1:1\n",
+            "lisen",
+            "line 3",
+        ),
+    ];
+    for (text, says, at) in cases {
+        let e = parse(text).unwrap_err();
+        assert!(e.contains(says) && e.contains(at), "{text}: {e}");
+    }
+    let tls = parse("webhook:\n  listen: 10.0.0.5:9881\n  cert_file: /c.pem\n  key_file: /k.pem\n  client_ca_file: /ca.pem\n  intakekey: k\n").unwrap();
+    let w = tls.webhook.unwrap();
+    assert!(w.tls.is_some() && w.client_ca.is_some());
 }

@@ -449,3 +449,55 @@ fn slow_idle_or_oversized_clients_do_not_hold_up_the_others() {
     stop(service);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_validates_the_webhook_certificates_and_address() {
+    let dir = workdir("webhook-check");
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let pki = pki(&dir.join("pki"));
+    let run_check = |cfg: &Path| {
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.code(), text)
+    };
+    let port = free_port();
+    let tls = |cert: &Path| {
+        format!(
+            "  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n",
+            cert.display(),
+            pki.server.1.display(),
+            pki.ca.display()
+        )
+    };
+    let cfg = webhook_config(&dir, &intake, port, &tls(&pki.server.0));
+    let (code, out) = run_check(&cfg);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "webhook: https://127.0.0.1:{port} (key from intakekey"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("client certificate required"), "{out}");
+    assert!(out.contains("TLS: certificate"), "{out}");
+    assert!(
+        out.contains(&format!("listen: 127.0.0.1:{port} is free")),
+        "{out}"
+    );
+    // A certificate that is not PEM, and an address someone else holds.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let cfg = webhook_config(&dir, &intake, taken, &tls(&pki.ca.with_extension("nope")));
+    let (code, out) = run_check(&cfg);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no usable certificate"), "{out}");
+    assert!(
+        out.contains(&format!("cannot listen on 127.0.0.1:{taken}")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
