@@ -10,6 +10,9 @@
 //! - [`lines`]: splits a byte stream into lines in bounded memory, padded for in-place parsing.
 //! - [`extract`]: parses a line with simd-json and writes the `audit`, `ecs` or `raw` form.
 //! - [`batch`]: events → gzip batches within the intake's limits, one event time each.
+//! - [`pipeline`]: one input's stage, extract → spool, fed by a tailer or by the webhook.
+//! - [`webhook`]: the API server's audit webhook, answered once its events are durable.
+//! - [`http`]: the small HTTP/1.1 server of the webhook and the metrics endpoints.
 //! - [`commit`]: how far into each file progress may be recorded: never past a line that is
 //!   not durable yet.
 //! - [`spool`]: the durable, byte-capped queue of batches; critical before bulk.
