@@ -597,8 +597,10 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
     out.push('\n');
 }
 
-/// Scrapers and probes: a few at a time, each answered in one short exchange.
+/// Scrapers and probes: a few at a time, one request per connection, each answered in one
+/// short exchange.
 pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    keep_alive: false,
     max_connections: 4,
     idle: Duration::from_secs(5),
     request: Duration::from_secs(5),

@@ -289,6 +289,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         cfg.logfiles
             .iter()
             .map(|l| l.filepath.as_str())
+            .chain(cfg.webhook.as_ref().map(|_| "the audit webhook"))
             .collect::<Vec<_>>()
             .join(", "),
         cfg.intake_url,

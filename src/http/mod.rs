@@ -78,6 +78,8 @@ pub trait Handler: Send + Sync + 'static {
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Serve several requests per connection (else answer each with `Connection: close`).
+    pub keep_alive: bool,
     pub max_connections: usize,
     pub idle: Duration,
     pub request: Duration,
@@ -221,7 +223,7 @@ fn connection(
             }
         };
         input.deadline = None;
-        let keep = head.keep_alive;
+        let keep = head.keep_alive && limits.keep_alive;
         let is_head = head.method == "HEAD";
         let response = handler.handle(Request {
             method: head.method,
@@ -469,6 +471,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err(Refusal::Answer(431, "request head over 16 KiB".into()));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -591,6 +596,8 @@ mod tests {
         let (h, _) = head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
         assert!(head("POST / HTTP/1.1\r\nContent-Le").unwrap().is_none());
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(head(&huge).err(), Some(431), "a complete head is still held to 16 KiB");
         for bad in [
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",

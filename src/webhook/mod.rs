@@ -42,6 +42,7 @@ const GROUP_BYTES: usize = 32 * 1024 * 1024;
 const QUEUE: usize = 64;
 /// Connections: the API server keeps a few alive; idle ones close after 90 s.
 pub const LIMITS: Limits = Limits {
+    keep_alive: true,
     max_connections: 32,
     idle: Duration::from_secs(90),
     request: Duration::from_secs(60),
