@@ -7,8 +7,9 @@
 //!
 //! Limits, so that no client can hold the others up or the memory down:
 //! - at most [`Limits::max_connections`] connections at a time, one thread each (small
-//!   stack: handlers hand heavy work to their own thread); one over the cap is answered 503
-//!   and closed (plain HTTP) or closed (TLS, where the handshake would cost more);
+//!   stack: handlers hand heavy work to their own thread); one over the cap waits up to 1 s
+//!   for a slot, then is answered 503 and closed (plain HTTP) or closed (TLS, where the
+//!   handshake would cost more);
 //! - a connection idle for [`Limits::idle`] between requests is closed;
 //! - a request (head and body) must arrive within [`Limits::request`] from its first byte,
 //!   however slowly it trickles: answered 408 and closed;
@@ -33,6 +34,8 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// How long a closing connection drains what the client still sends (see [`close`]).
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a connection over the cap waits for a free slot before it is refused.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
 /// Stack of a connection thread.
 const CONNECTION_STACK: usize = 256 * 1024;
 
@@ -104,7 +107,7 @@ pub fn serve(
                 continue;
             }
         };
-        if active.load(Ordering::SeqCst) >= limits.max_connections {
+        if !wait_for_slot(&active, limits.max_connections) {
             handler.refused(503);
             refuse_busy(stream, tls.is_some(), name);
             continue;
@@ -125,6 +128,20 @@ pub fn serve(
             log::warn!("{name}: cannot start a connection thread: {e}");
         }
     }
+}
+
+/// Whether a connection slot is free, waiting up to [`SLOT_WAIT`] for one: a burst (a
+/// scraper's probe and request, connections closing) waits its turn; only connections
+/// that hold every slot for longer get new ones refused.
+fn wait_for_slot(active: &AtomicUsize, max: usize) -> bool {
+    let until = Instant::now() + SLOT_WAIT;
+    while active.load(Ordering::SeqCst) >= max {
+        if Instant::now() >= until {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 /// A connection over the cap: told so (plain HTTP), and closed.
@@ -597,7 +614,11 @@ mod tests {
         assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
         assert!(head("POST / HTTP/1.1\r\nContent-Le").unwrap().is_none());
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
-        assert_eq!(head(&huge).err(), Some(431), "a complete head is still held to 16 KiB");
+        assert_eq!(
+            head(&huge).err(),
+            Some(431),
+            "a complete head is still held to 16 KiB"
+        );
         for bad in [
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
