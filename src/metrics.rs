@@ -220,6 +220,15 @@ impl Metrics {
                 reader / 1_000_000
             ));
         }
+        if let Some(w) = &self.webhook {
+            let beat = now_micros.saturating_sub(w.beat_micros.get());
+            if beat > limit {
+                stuck.push(format!(
+                    "the webhook's pipeline has not come round for {} s",
+                    beat / 1_000_000
+                ));
+            }
+        }
         for f in &self.files {
             let sender = now_micros.saturating_sub(f.sender_beat_micros.get());
             if sender > limit {

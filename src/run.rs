@@ -260,7 +260,7 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         (cfg.request_timeout * 2 + Duration::from_secs(60)).max(Duration::from_secs(120));
     let webhook_metrics = webhook_stage
         .as_ref()
-        .map(|_| Arc::new(crate::webhook::WebhookMetrics::default()));
+        .map(|_| Arc::new(crate::webhook::WebhookMetrics::new()));
     metrics.webhook = webhook_metrics.clone();
     let metrics = Arc::new(metrics);
     if let Some(addr) = cfg.metrics_address {

@@ -65,9 +65,17 @@ pub struct WebhookMetrics {
     durable_buckets: [Value; DURABLE_BUCKETS.len()],
     durable_count: Value,
     durable_sum_micros: Value,
+    /// Last time (unix µs) the pipeline thread came round (for `/livez`).
+    pub beat_micros: Value,
 }
 
 impl WebhookMetrics {
+    pub fn new() -> WebhookMetrics {
+        let m = WebhookMetrics::default();
+        m.beat_micros.set(now_micros());
+        m
+    }
+
     fn answered(&self, status: u16) {
         if let Some(i) = STATUSES.iter().position(|&s| s == status) {
             self.requests[i].inc();
@@ -225,7 +233,10 @@ pub(crate) fn start(
         .set(InputState::Following, now_micros(), String::new());
     let handle = thread::Builder::new()
         .name("webhook".into())
-        .spawn(move || pipeline_loop(stage, queue))
+        .spawn({
+            let metrics = metrics.clone();
+            move || pipeline_loop(stage, queue, &metrics)
+        })
         .map_err(|e| format!("webhook thread: {e}"))?;
     let webhook = Webhook {
         jobs,
@@ -236,9 +247,10 @@ pub(crate) fn start(
 }
 
 /// The pipeline thread: group commits until every handler is gone.
-fn pipeline_loop(mut stage: Stage, queue: Receiver<Job>) {
+fn pipeline_loop(mut stage: Stage, queue: Receiver<Job>, metrics: &WebhookMetrics) {
     let mut item = Vec::new();
     loop {
+        metrics.beat_micros.set(now_micros());
         let first = match queue.recv_timeout(Duration::from_secs(1)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
