@@ -70,7 +70,7 @@ fn start_sender(
 
 /// The webhook input's stage, on its own spool (`<state_dir>/spool/webhook`).
 fn open_webhook_stage(cfg: &Config, w: &Webhook, host: &str) -> Result<Stage, String> {
-    let dir = cfg.state_dir.join("spool").join(WEBHOOK_ID);
+    let dir = webhook_spool_dir(&cfg.state_dir);
     let spool = Spool::open(&dir, cfg.spool_share())
         .map_err(|e| format!("spool {}: {e}", dir.display()))?;
     let rules: Vec<String> = w.entry.rules.iter().map(|r| r.name.clone()).collect();
@@ -110,6 +110,11 @@ fn start_webhook(
         }
     );
     Ok(())
+}
+
+/// Where the webhook's spool lives: `<state_dir>/spool/webhook`.
+pub fn webhook_spool_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("spool").join(WEBHOOK_ID)
 }
 
 /// The sender loop of one log file: deliver, update the metrics, wait as told.

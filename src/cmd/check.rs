@@ -8,9 +8,9 @@
 //! one record labelled `"kind":"KubeAuditShipperCheck"` (with the host, the version and the
 //! time) per distinct intake and key.
 
-use crate::config::{Config, WEBHOOK_ID, Webhook};
+use crate::config::{Config, Webhook};
 use crate::intake::{Answer, Sender};
-use crate::run::spool_dir;
+use crate::run::{spool_dir, webhook_spool_dir};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::io::Write;
@@ -70,17 +70,7 @@ pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
             l.rules.len()
         );
         check_files(&l.filepath, &mut problems);
-        let spool = spool_dir(&cfg.state_dir, &l.filepath);
-        println!(
-            "  spool: {} (cap {} bytes{})",
-            spool.display(),
-            cfg.spool_share(),
-            if spool.is_dir() {
-                ""
-            } else {
-                "; `run` creates it"
-            }
-        );
+        print_spool(cfg.spool_share(), &spool_dir(&cfg.state_dir, &l.filepath));
         check_intake(&cfg, l, mode, &mut keys_sent, &mut problems);
     }
     if let Some(w) = &cfg.webhook {
@@ -134,17 +124,17 @@ fn check_webhook(cfg: &Config, w: &Webhook, problems: &mut Vec<String>) {
             w.listen
         )),
     }
-    let spool = cfg.state_dir.join("spool").join(WEBHOOK_ID);
-    println!(
-        "  spool: {} (cap {} bytes{})",
-        spool.display(),
-        cfg.spool_share(),
-        if spool.is_dir() {
-            ""
-        } else {
-            "; `run` creates it"
-        }
-    );
+    print_spool(cfg.spool_share(), &webhook_spool_dir(&cfg.state_dir));
+}
+
+/// Where an input's spool is, its share of the cap, and whether `run` will create it.
+fn print_spool(cap: u64, dir: &Path) {
+    let created = if dir.is_dir() {
+        ""
+    } else {
+        "; `run` creates it"
+    };
+    println!("  spool: {} (cap {cap} bytes{created})", dir.display());
 }
 
 /// What `run` would do with the state directory, found without changing anything: `check`
