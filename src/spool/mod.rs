@@ -196,7 +196,12 @@ pub fn queued(dir: &Path) -> io::Result<Vec<Segment>> {
     };
     for entry in entries {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        // Sent and deleted meanwhile (a listing beside the running service): not waiting.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(seg) = entry
             .file_name()
             .to_str()

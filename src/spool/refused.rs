@@ -108,7 +108,11 @@ pub fn list(spool: &Path) -> io::Result<Vec<Refused>> {
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let Some(segment) = meta
