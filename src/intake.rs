@@ -37,6 +37,7 @@
 
 use crate::batch::{BatchLimits, Batcher, IntakeFormat, Sealed};
 use crate::spool::{Class, DeadLettered, Refusal, Segment, Spool, Stored};
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -416,6 +417,10 @@ pub struct Sender {
     file: String,
     /// Gap records the spool could not take yet (full of critical data, or an I/O error).
     pending: Vec<Sealed>,
+    /// The segments of the gap records this sender spooled (the latest [`MAX_PENDING_RECORDS`]):
+    /// a refusal of one of those is counted and logged but not reported by another record,
+    /// which an intake that refuses records would refuse in turn, without end.
+    own_records: VecDeque<Segment>,
 }
 
 /// Reads an answer's body (up to [`ANSWER_LIMIT`]) so the connection is reused.
@@ -520,6 +525,7 @@ impl Sender {
             host: crate::records::hostname(),
             file: String::new(),
             pending: Vec::new(),
+            own_records: VecDeque::new(),
         })
     }
 
@@ -879,8 +885,12 @@ impl Sender {
         events: u64,
         dead_letter: Option<(u16, &str, Option<&str>)>,
     ) {
-        let now = crate::metrics::now_micros() as i64;
         let name = seg.file_name();
+        if self.own_records.contains(seg) {
+            log::error!("{name} is this sender's own refused_by_intake record: not reported again");
+            return;
+        }
+        let now = crate::metrics::now_micros() as i64;
         let record = crate::records::Refused {
             file: &self.file,
             segment: &name,
@@ -921,9 +931,13 @@ impl Sender {
     fn store_pending(&mut self, s: &mut Spool) {
         while let Some(first) = self.pending.first() {
             match s.store(first) {
-                Ok(Stored::Written(_)) => {
+                Ok(Stored::Written(seg)) => {
                     self.pending.remove(0);
                     self.health.records_spooled += 1;
+                    if self.own_records.len() == MAX_PENDING_RECORDS {
+                        self.own_records.pop_front();
+                    }
+                    self.own_records.push_back(seg);
                 }
                 Ok(Stored::Full) => return,
                 Err(e) => {

@@ -754,3 +754,41 @@ fn a_wrong_url_is_configuration_health_fails_and_nothing_is_dead_lettered() {
         assert_eq!(fixed.health.records_spooled, 0);
     }
 }
+
+#[test]
+fn a_refused_record_about_a_refusal_is_not_reported_again() {
+    // An intake that refuses the event and also the record that reports it: the record is
+    // dead-lettered too, but no record about the record follows (that would never end).
+    capture_logs();
+    let dir = tmpdir("record-loop");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().poison = Some("refused_by_intake".into());
+    let spool_dir = dir.join("spool");
+    let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+    store(
+        &spool,
+        &array_of(
+            Class::Critical,
+            &events("c", 8, &[5], "refused_by_intake"),
+            0,
+        ),
+    );
+    // Enough other segments that one is left to pass between the record's two refusals
+    // (the bisection takes three as evidence).
+    for i in 0..6 {
+        store(
+            &spool,
+            &sealed_array(Class::Bulk, &format!("b{i}"), 2, 0, KEY),
+        );
+    }
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    assert!(drain(&mut sender, &spool, 100).is_empty());
+    assert_eq!(sender.health.records_spooled, 1);
+    assert_eq!(sender.health.events_dead_lettered, 2);
+    let (audit, records) = split_records(&emu);
+    assert_eq!(audit.len(), 7 + 12);
+    assert!(records.is_empty());
+    let refused = kube_audit_shipper::spool::refused::list(&spool_dir).unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(log_text().contains("own refused_by_intake record: not reported again"));
+}
