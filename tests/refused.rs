@@ -4,6 +4,9 @@
 //!   reported in-band, everything else delivered once, health stays good, the counters add
 //!   up; `spool list` shows it, `spool resend` refuses while the service runs, and after a
 //!   stop re-queues it so that the next start delivers it;
+//! - an answer with fewer `event_ids` than events: the difference counted and reported by a
+//!   `refused_by_intake` record; a 2xx answer that is not `{"event_ids":[…]}`: counted as
+//!   unconfirmed, nothing sent twice; in each case every line in exactly one counter;
 //! - a wrong `intake_url` (404 for everything): configuration, health fails naming the
 //!   status, nothing dead-lettered, every line still spooled.
 
@@ -15,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::apiserver::{AuditWriter, fresh_event};
 use support::corpus::samples;
-use support::intake::{Emulator, Options, POISON_ANSWER};
+use support::intake::{AnswerBody, Emulator, Options, POISON_ANSWER};
 
 fn bin() -> PathBuf {
     std::env::var_os("KAS_E2E_BIN").map_or_else(
@@ -318,4 +321,93 @@ fn a_wrong_intake_url_fails_health_and_dead_letters_nothing() {
     assert!(text.contains(&format!(", {n} event(s)")), "{text}");
     assert!(intake.events().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the service over `n` fresh events (tag `tag`) with the emulator set up by `setup`,
+/// until every line is in exactly one counter and the spool is empty; returns the metrics,
+/// the emulator and the ids.
+fn run_until_settled(
+    name: &str,
+    tag: u32,
+    n: u64,
+    setup: impl FnOnce(&Emulator, &[String]),
+    settled: impl Fn(&HashMap<String, u64>) -> bool,
+) -> (HashMap<String, u64>, Emulator, Vec<String>) {
+    let dir = workdir(name);
+    let intake = Emulator::start(&dir.join("intake"), Options::default());
+    let mut writer = AuditWriter::new(&dir.join("logs"), 1 << 20, 10, false);
+    let port = free_port();
+    let cfg = config(&dir, &writer.path(), &intake.url, &intake.ca_file, port);
+    let samples = samples();
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            let (line, _) = fresh_event(&samples, tag, i);
+            writer.write_line(&line);
+            support::json(&line)["auditID"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    setup(&intake, &ids);
+    let service = start(&cfg, &dir.join("service.log"));
+    let mut last = HashMap::new();
+    wait_for("the counters to settle", Duration::from_secs(60), || {
+        last = metrics(port);
+        counters_add_up(&last, n, 0) && settled(&last)
+    });
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(stop(service), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+    (last, intake, ids)
+}
+
+#[test]
+fn events_without_an_id_in_the_answer_are_counted_and_reported() {
+    let (m, intake, ids) = run_until_settled(
+        "short-ids",
+        0x17,
+        300,
+        |intake, ids| {
+            // The intake stores every event of a batch but this one (as it does with one over
+            // its size limit), and answers ids for the others.
+            intake.state.lock().unwrap().drop_marked = Some(ids[10].clone());
+        },
+        |m| m.get("kas_events_refused_by_intake_total") == Some(&1),
+    );
+    assert_eq!(m["kas_events_dead_lettered_total"], 0);
+    assert_eq!(m["kas_segments_unconfirmed_total"], 0);
+    let (events, records) = received(&intake);
+    assert_eq!(events.len(), ids.len() - 1);
+    assert!(!events.contains_key(&ids[10]));
+    assert_eq!(records.len(), 1, "{records:?}");
+    let k = &records[0]["kube_audit_shipper"];
+    assert_eq!(k["reason"], "refused_by_intake");
+    assert_eq!(k["lost_events"], 1);
+    assert!(k["segment"].as_str().unwrap().ends_with(".array.gz"));
+    assert_eq!(m["kas_gap_records_total"], 1);
+}
+
+#[test]
+fn accepted_answers_that_are_not_event_ids_are_counted_unconfirmed() {
+    let (m, intake, ids) = run_until_settled(
+        "unconfirmed",
+        0x18,
+        300,
+        |intake, _| intake.state.lock().unwrap().answer = AnswerBody::NotJson,
+        |m| m.get("kas_events_shipped_total") == Some(&300),
+    );
+    // Every segment accepted (2xx) is counted as shipped and as unconfirmed; nothing is
+    // reported lost, nothing sent twice.
+    assert!(m["kas_segments_unconfirmed_total"] > 0);
+    assert_eq!(
+        m["kas_segments_unconfirmed_total"],
+        m["kas_segments_shipped_total"]
+    );
+    assert_eq!(m["kas_events_refused_by_intake_total"], 0);
+    assert_eq!(m["kas_gap_records_total"], 0);
+    let (events, records) = received(&intake);
+    assert_eq!(events.len(), ids.len());
+    assert!(events.values().all(|&c| c == 1));
+    assert!(records.is_empty());
 }
