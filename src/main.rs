@@ -216,6 +216,7 @@ fn run_spool(mut args: lexopt::Parser) -> Result<ExitCode, String> {
     let names = names.to_vec();
     let action = match verb.as_str() {
         "list" if names.is_empty() && !all => Action::List,
+        "list" => return Err("spool list takes no segment names nor --all".to_string()),
         "resend" => Action::Resend(if all { Vec::new() } else { names }),
         "drop" => Action::Drop { names, all },
         _ => return Err(format!("spool: unknown action {verb:?}; see --help")),
