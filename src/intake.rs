@@ -423,13 +423,20 @@ pub struct Sender {
     own_records: VecDeque<Segment>,
 }
 
-/// Reads an answer's body (up to [`ANSWER_LIMIT`]) so the connection is reused.
+/// Reads an answer's body so the connection is reused: a 2xx up to [`ANSWER_LIMIT`] (its ids
+/// are counted), anything else up to 64 KiB (only its first 200 bytes are kept; a proxy's
+/// large error page must not cost megabytes at every retry).
 fn read_answer(resp: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+    let limit = if resp.status().is_success() {
+        ANSWER_LIMIT
+    } else {
+        64 * 1024
+    };
     let mut body = Vec::new();
     let _ = resp
         .body_mut()
         .as_reader()
-        .take(ANSWER_LIMIT)
+        .take(limit)
         .read_to_end(&mut body);
     body
 }
