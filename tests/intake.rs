@@ -792,3 +792,26 @@ fn a_refused_record_about_a_refusal_is_not_reported_again() {
     assert_eq!(refused.len(), 2);
     assert!(log_text().contains("own refused_by_intake record: not reported again"));
 }
+
+#[test]
+fn a_redirect_or_other_permanent_refusal_once_costs_a_retry_and_loses_nothing() {
+    // Redirects are not followed: a 3xx is an answer (a refusal), not a transport error.
+    capture_logs();
+    for status in [302, 400, 405, 415] {
+        let dir = tmpdir(&format!("once-{status}"));
+        let emu = Emulator::start(&dir.join("emu"), Options::default());
+        emu.script([Fault::Status(status)]);
+        let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+        store(&spool, &sealed_array(Class::Critical, "x", 4, 0, KEY));
+        store(&spool, &sealed_array(Class::Bulk, "y", 1, 0, KEY));
+        let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+        assert_eq!(sender.deliver_next(&spool), Step::Progress, "held aside");
+        assert_eq!(sender.health.attempts[5], 1, "{status} counted as refused");
+        assert!(drain(&mut sender, &spool, 10).is_empty());
+        let mut got = ids(&emu.events());
+        got.sort();
+        assert_eq!(got, ["x-0", "x-1", "x-2", "x-3", "y-0"], "{status}");
+        assert_eq!(sender.health.events_dead_lettered, 0);
+        assert_eq!(sender.health.split_segments, 0);
+    }
+}
