@@ -661,6 +661,15 @@ fn one_refused_event_is_dead_lettered_while_the_rest_flows_and_can_be_resent() {
     got.sort();
     want.sort();
     assert_eq!(got, want, "every other event once");
+    let requests = emu.requests();
+    let refused = requests.iter().filter(|r| r.status == 400).count();
+    eprintln!(
+        "dead letter: {} requests ({refused} refused) to isolate 1 event of 40 behind which 2 \
+         segments waited",
+        requests.len()
+    );
+    // A bisection with one retry per level: about 3 requests per halving.
+    assert!(requests.len() <= 3 * 7 + 4, "{}", requests.len());
     let h = &sender.health;
     assert_eq!(h.events_dead_lettered, 1);
     assert_eq!(h.intake_refusing, None);
