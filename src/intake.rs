@@ -14,11 +14,14 @@
 //!
 //! | answer | action |
 //! |---|---|
-//! | 2xx | delete the segment |
+//! | 2xx with `{"event_ids":[…]}`, one id per event | delete the segment |
+//! | 2xx with fewer ids than events | delete the segment; the difference is counted (`kas_events_refused_by_intake_total`), logged once and reported in-band (a `refused_by_intake` gap record) |
+//! | 2xx with any other body (not that JSON, empty) | delete the segment (the intake did accept it) but count it as unconfirmed (`kas_segments_unconfirmed_total`) and log it: a 2xx is not silently taken as proof |
 //! | 413 | split the segment in two, durably, and send the halves (a single event that is still refused is quarantined: the extractor keeps events within 250,000 bytes, so this means the intake's limit changed) |
 //! | 429, 503 | wait `Retry-After` (seconds or an HTTP date), else back off |
 //! | 401, 403, 422 | the key or subscription is refused: loud error, health fails, retry slowly; nothing is dropped |
-//! | other 4xx/5xx, timeouts, resets, TLS errors | exponential backoff with jitter, forever |
+//! | other 4xx (400, 404, 405, 415, …; not 408), 3xx (redirects are not followed) | a permanent refusal, judged by [`Judge`] over the answers: about this segment's content (other segments pass) → isolate it: split like a 413 down to single events, and a single event refused twice with other segments accepted in between goes to `refused/` (kept, counted, reported in-band with the status and the first 200 bytes of the answer); about the configuration (every request refused with the same status: a wrong `intake_url`, a proxy's page) → loud error naming the URL and status, health fails, retry every minute, nothing split further or dead-lettered |
+//! | 5xx, 408, timeouts, resets, TLS errors | exponential backoff with jitter, forever |
 //!
 //! TLS is rustls with the ring provider and webpki roots built in (minimal hosts often lack
 //! a CA bundle); a CA file, a client certificate and a proxy are optional. The key is a
@@ -32,8 +35,9 @@
 //! level (the address may have moved), so a lookup — and its thread — happens once per
 //! TTL, not once per request.
 
-use crate::batch::IntakeFormat;
-use crate::spool::{Segment, Spool};
+use crate::batch::{BatchLimits, Batcher, IntakeFormat, Sealed};
+use crate::spool::{Class, DeadLettered, Refusal, Segment, Spool, Stored};
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,9 +172,188 @@ pub struct Health {
     /// Compressed bytes delivered.
     pub delivered_bytes: u64,
     pub split_segments: u64,
-    /// Attempts by outcome: 2xx, 413, 429/503, key refused, other failures.
-    pub attempts: [u64; 5],
+    /// Events of accepted segments that got no id in the answer (fewer ids than events).
+    pub events_refused: u64,
+    /// Accepted segments whose answer was not `{"event_ids":[…]}`.
+    pub segments_unconfirmed: u64,
+    /// Single events refused twice and moved out of the queue (kept or, past the folder's
+    /// cap, deleted).
+    pub events_dead_lettered: u64,
+    /// Gap records this sender wrote into the spool (refusals).
+    pub records_spooled: u64,
+    /// Every request is refused with this status: configuration (see [`Judge`]).
+    pub intake_refusing: Option<u16>,
+    /// Attempts by outcome: 2xx, 413, 429/503, key refused, other failures, refused.
+    pub attempts: [u64; 6],
 }
+
+/// How many refusals in a row, with the same status and no success between, make it a
+/// matter of configuration rather than of content (see [`Judge`]).
+pub const CONFIG_AFTER: u32 = 3;
+
+/// While every request is refused, retry this slowly (a different segment each time).
+pub const CONFIG_RETRY: Duration = Duration::from_secs(60);
+
+/// Most segments held aside at once while waiting for evidence (see [`Judge`]).
+const MAX_HELD: usize = 16;
+
+/// What to do with a segment the intake refused with a permanent status ([`is_refusal`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Set it aside and send others first: their answers tell content from configuration.
+    Hold,
+    /// Split it in two (its halves are sent next).
+    Split,
+    /// A single event refused twice with other segments accepted in between: dead-letter it.
+    DeadLetter,
+    /// Nothing else to send and a single event: retry it after a backoff.
+    Retry,
+    /// Every request is refused alike: the configuration (URL, proxy) is wrong.
+    Configuration(u16),
+}
+
+/// Tells a refusal of a request's *content* (one bad event: isolate it, let the rest flow)
+/// from a refusal of *everything* (a wrong `intake_url`, a proxy's error page: no event is to
+/// blame, so none is dead-lettered). Pure: it sees only the sequence of answers and which
+/// segment each was for (`K`), so it is unit-tested over sequences.
+///
+/// The rule: [`CONFIG_AFTER`] refusals in a row with the same status and no success between
+/// are configuration. Otherwise a refused segment is first held aside while others are sent;
+/// it is acted on (split, or dead-lettered when it is a single event) only when refused
+/// again **after another segment was accepted**. Holding first keeps a bisection from
+/// refusing the same bad event's halves several times in a row (which would look like
+/// configuration), and a one-off 400 costs one retry, never a dead letter. With nothing
+/// else to send, a multi-event segment is split at once (its halves are that other
+/// content). Two bad events in both halves of a lone segment look like configuration; the
+/// slow retry then probes other segments as they arrive, and one success resumes isolation.
+#[derive(Clone, Debug)]
+pub struct Judge<K> {
+    /// 2xx answers seen.
+    successes: u64,
+    /// The status of the refusals since the last success, and how many in a row.
+    streak: Option<(u16, u32)>,
+    /// Segments refused once, with the number of successes seen when they were.
+    held: Vec<(K, u64)>,
+}
+
+impl<K> Default for Judge<K> {
+    fn default() -> Self {
+        Judge {
+            successes: 0,
+            streak: None,
+            held: Vec::new(),
+        }
+    }
+}
+
+impl<K: PartialEq + Clone> Judge<K> {
+    /// A 2xx: the intake takes requests; held segments are to be tried again.
+    pub fn accepted(&mut self) {
+        self.successes += 1;
+        self.streak = None;
+    }
+
+    /// Held segments not retried yet because nothing was accepted since their refusal.
+    pub fn skipped(&self) -> Vec<K> {
+        self.held
+            .iter()
+            .filter(|(_, at)| *at == self.successes)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// `Some(status)` while every request is refused with it.
+    pub fn configuration(&self) -> Option<u16> {
+        self.streak
+            .filter(|&(_, n)| n >= CONFIG_AFTER)
+            .map(|(status, _)| status)
+    }
+
+    /// Drops held segments that are gone (acknowledged, split, evicted).
+    pub fn retain(&mut self, mut still_there: impl FnMut(&K) -> bool) {
+        self.held.retain(|(k, _)| still_there(k));
+    }
+
+    /// A permanent refusal of `seg` (of `events` events) with `status`; `others`: another
+    /// segment, neither this one nor a skipped one, is waiting to be sent.
+    pub fn refused(&mut self, seg: &K, events: u32, status: u16, others: bool) -> Action {
+        let n = match self.streak {
+            Some((s, n)) if s == status => n + 1,
+            _ => 1,
+        };
+        self.streak = Some((status, n));
+        if n >= CONFIG_AFTER {
+            self.held.clear();
+            return Action::Configuration(status);
+        }
+        let prior = self.held.iter().position(|(k, _)| k == seg);
+        if let Some(i) = prior
+            && self.held[i].1 < self.successes
+        {
+            self.held.remove(i);
+            return if events > 1 {
+                Action::Split
+            } else {
+                Action::DeadLetter
+            };
+        }
+        if prior.is_none() && others && self.held.len() < MAX_HELD {
+            self.held.push((seg.clone(), self.successes));
+            return Action::Hold;
+        }
+        if events > 1 {
+            self.held.retain(|(k, _)| k != seg);
+            Action::Split
+        } else {
+            if prior.is_none() && self.held.len() < MAX_HELD {
+                self.held.push((seg.clone(), self.successes));
+            }
+            Action::Retry
+        }
+    }
+}
+
+/// A status that refuses the request for good (retrying the same bytes cannot help): 3xx
+/// (redirects are not followed: the intake does not redirect, a proxy's login page does)
+/// and 4xx, except those handled on their own: 401/403/422 (the key), 413 (too large),
+/// 429 (busy) and 408 (a timeout, transient).
+pub fn is_refusal(status: u16) -> bool {
+    matches!(status, 300..=499) && !matches!(status, 401 | 403 | 408 | 413 | 422 | 429)
+}
+
+/// What a 2xx answer's body confirms of a segment of `events` events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// `{"event_ids":[…]}` with at least one id per event.
+    All,
+    /// That many events got no id: refused inside an accepted request.
+    Missing(u32),
+    /// Not the expected JSON: why.
+    Unreadable(String),
+}
+
+/// Reads a 2xx body: the intake answers `{"event_ids":[…]}`, one id per accepted event.
+pub fn confirm(body: &[u8], events: u32) -> Confirmation {
+    use simd_json::prelude::*;
+    if body.is_empty() {
+        return Confirmation::Unreadable("an empty body".into());
+    }
+    let mut text = body.to_vec();
+    let value = match simd_json::to_borrowed_value(&mut text) {
+        Ok(v) => v,
+        Err(_) => return Confirmation::Unreadable("not JSON".into()),
+    };
+    let Some(ids) = value.get("event_ids").and_then(|ids| ids.as_array()) else {
+        return Confirmation::Unreadable("no \"event_ids\" array".into());
+    };
+    match u32::try_from(ids.len()) {
+        Ok(n) if n < events => Confirmation::Missing(events - n),
+        _ => Confirmation::All,
+    }
+}
+
+/// The most of an answer read (a 2xx holds an id of ~40 bytes per event).
+const ANSWER_LIMIT: u64 = 4 << 20;
 
 /// Exponential backoff with ±25% jitter: 1 s doubling to 5 min.
 struct Backoff {
@@ -224,16 +407,48 @@ pub struct Sender {
     level: u32,
     backoff: Backoff,
     pub health: Health,
+    /// The base URL, for the operator (no key in it).
+    base: String,
+    judge: Judge<Segment>,
+    /// While every request is refused: which segment the next slow retry takes.
+    probe: usize,
+    /// The node and `filepath` named in this sender's gap records.
+    host: String,
+    file: String,
+    /// Gap records the spool could not take yet (full of critical data, or an I/O error).
+    pending: Vec<Sealed>,
+    /// The segments of the gap records this sender spooled (the latest [`MAX_PENDING_RECORDS`]):
+    /// a refusal of one of those is counted and logged but not reported by another record,
+    /// which an intake that refuses records would refuse in turn, without end.
+    own_records: VecDeque<Segment>,
 }
 
-/// Reads an answer's body to its end (up to 64 KiB) so the connection is reused.
-fn drain(resp: &mut ureq::http::Response<ureq::Body>) {
-    let mut sink = Vec::new();
+/// Reads an answer's body so the connection is reused: a 2xx up to [`ANSWER_LIMIT`] (its ids
+/// are counted), anything else up to 64 KiB (only its first 200 bytes are kept; a proxy's
+/// large error page must not cost megabytes at every retry).
+fn read_answer(resp: &mut ureq::http::Response<ureq::Body>) -> Vec<u8> {
+    let limit = if resp.status().is_success() {
+        ANSWER_LIMIT
+    } else {
+        64 * 1024
+    };
+    let mut body = Vec::new();
     let _ = resp
         .body_mut()
         .as_reader()
-        .take(64 * 1024)
-        .read_to_end(&mut sink);
+        .take(limit)
+        .read_to_end(&mut body);
+    body
+}
+
+/// A sender never keeps more unstored gap records than this (each is a few hundred bytes).
+const MAX_PENDING_RECORDS: usize = 1024;
+
+fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    match spool.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
@@ -311,7 +526,21 @@ impl Sender {
             level: cfg.level,
             backoff: Backoff::new(),
             health: Health::default(),
+            base: base.to_string(),
+            judge: Judge::default(),
+            probe: 0,
+            host: crate::records::hostname(),
+            file: String::new(),
+            pending: Vec::new(),
+            own_records: VecDeque::new(),
         })
+    }
+
+    /// The node and the `logfiles:` entry named in this sender's gap records.
+    pub fn with_origin(mut self, host: &str, file: &str) -> Sender {
+        self.host = host.to_string();
+        self.file = file.to_string();
+        self
     }
 
     /// DNS lookups made so far (see [`CachingResolver`]).
@@ -327,6 +556,16 @@ impl Sender {
 
     /// One POST of a gzip body of `format`; `earliest` is the `/plain/batch` header's time.
     pub fn post_as(&self, gz_body: &[u8], format: IntakeFormat, earliest: Option<i64>) -> Answer {
+        self.exchange(gz_body, format, earliest).0
+    }
+
+    /// As [`Sender::post_as`], with the answer's body (up to [`ANSWER_LIMIT`]).
+    fn exchange(
+        &self,
+        gz_body: &[u8],
+        format: IntakeFormat,
+        earliest: Option<i64>,
+    ) -> (Answer, Vec<u8>) {
         let req = match format {
             // The key and the times are in the body.
             IntakeFormat::Array => self
@@ -354,7 +593,7 @@ impl Sender {
             // ureq's errors name the URL, never the headers or the body: no key in them.
             Err(e) => {
                 self.resolver.forget();
-                return Answer::Failed(e.to_string());
+                return (Answer::Failed(e.to_string()), Vec::new());
             }
         };
         let code = resp.status().as_u16();
@@ -363,14 +602,15 @@ impl Sender {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        drain(&mut resp);
-        match code {
+        let body = read_answer(&mut resp);
+        let answer = match code {
             200..=299 => Answer::Accepted,
             413 => Answer::TooLarge,
             429 | 503 => Answer::Busy(retry_after),
             401 | 403 | 422 => Answer::KeyRefused(code),
             _ => Answer::Status(code),
-        }
+        };
+        (answer, body)
     }
 
     /// A request to the `/plain/batch` endpoint that cannot store anything (`GET`, no body;
@@ -387,7 +627,7 @@ impl Sender {
             .call()
             // ureq's errors name the URL, never the headers: no key in them.
             .map_err(|e| e.to_string())?;
-        drain(&mut resp);
+        read_answer(&mut resp);
         Ok(resp.status().as_u16())
     }
 
@@ -395,11 +635,9 @@ impl Sender {
     /// The spool lock is not held during the request.
     pub fn deliver_next(&mut self, spool: &Mutex<Spool>) -> Step {
         let (seg, body) = {
-            let mut s = match spool.lock() {
-                Ok(s) => s,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            let Some(seg) = s.next().cloned() else {
+            let mut s = lock(spool);
+            self.store_pending(&mut s);
+            let Some(seg) = self.pick(&s) else {
                 return Step::Idle;
             };
             match s.read_with_head(&seg) {
@@ -420,8 +658,22 @@ impl Sender {
                 Err(e) => return self.failed(format!("reading {}: {e}", seg.file_name())),
             }
         };
-        let answer = self.post_as(&body, seg.format, seg.earliest);
-        self.act(spool, &seg, answer)
+        let (answer, reply) = self.exchange(&body, seg.format, seg.earliest);
+        self.act(spool, &seg, answer, &reply)
+    }
+
+    /// The segment to send now: while every request is refused, a different one at each
+    /// slow retry; else the first in order that is not held aside (see [`Judge`]), or, with
+    /// only held ones left, the first of those.
+    fn pick(&mut self, s: &Spool) -> Option<Segment> {
+        if self.judge.configuration().is_some() {
+            let seg = s.nth_wrapping(self.probe).cloned();
+            self.probe = self.probe.wrapping_add(1);
+            return seg;
+        }
+        self.judge.retain(|k| s.contains(k));
+        let skip = self.judge.skipped();
+        s.next_except(&skip).or_else(|| skip.first()).cloned()
     }
 
     /// An `/array` segment written with another key (the operator replaced a refused one):
@@ -445,28 +697,10 @@ impl Sender {
         }
     }
 
-    fn act(&mut self, spool: &Mutex<Spool>, seg: &Segment, answer: Answer) -> Step {
-        let mut s = match spool.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    fn act(&mut self, spool: &Mutex<Spool>, seg: &Segment, answer: Answer, reply: &[u8]) -> Step {
+        let mut s = lock(spool);
         match answer {
-            Answer::Accepted => {
-                self.health.attempts[0] += 1;
-                crate::fault::crash_point("intake_accepted");
-                if let Err(e) = s.ack(seg) {
-                    return self.failed(format!("deleting {}: {e}", seg.file_name()));
-                }
-                if self.health.key_refused.take().is_some() {
-                    log::warn!("intake accepts the key again");
-                }
-                self.health.consecutive_failures = 0;
-                self.health.delivered_segments += 1;
-                self.health.delivered_events += u64::from(seg.events);
-                self.health.delivered_bytes += seg.bytes;
-                self.backoff.reset();
-                Step::Progress
-            }
+            Answer::Accepted => self.accepted(&mut s, seg, reply),
             Answer::TooLarge => {
                 self.health.attempts[1] += 1;
                 match s.split(seg, self.level) {
@@ -506,6 +740,7 @@ impl Sender {
                 );
                 Step::Wait(KEY_REFUSED_RETRY)
             }
+            Answer::Status(code) if is_refusal(code) => self.refused(&mut s, seg, code, reply),
             Answer::Status(code) => {
                 self.health.attempts[4] += 1;
                 drop(s);
@@ -515,6 +750,207 @@ impl Sender {
                 self.health.attempts[4] += 1;
                 drop(s);
                 self.failed(why)
+            }
+        }
+    }
+
+    /// A 2xx: delete the segment, then check the answer's ids against its events.
+    fn accepted(&mut self, s: &mut Spool, seg: &Segment, reply: &[u8]) -> Step {
+        self.health.attempts[0] += 1;
+        crate::fault::crash_point("intake_accepted");
+        if let Err(e) = s.ack(seg) {
+            return self.failed(format!("deleting {}: {e}", seg.file_name()));
+        }
+        self.judge.accepted();
+        if self.health.key_refused.take().is_some() {
+            log::warn!("intake accepts the key again");
+        }
+        if self.health.intake_refusing.take().is_some() {
+            log::warn!("intake {} accepts requests again", self.base);
+        }
+        self.health.consecutive_failures = 0;
+        self.health.delivered_segments += 1;
+        self.health.delivered_bytes += seg.bytes;
+        self.backoff.reset();
+        let mut confirmed = seg.events;
+        match confirm(reply, seg.events) {
+            Confirmation::All => {}
+            Confirmation::Missing(n) => {
+                confirmed -= n;
+                self.health.events_refused += u64::from(n);
+                log::error!(
+                    "intake accepted {} but returned ids for {} of its {} events: {n} refused \
+                     by the intake (reported in-band)",
+                    seg.file_name(),
+                    seg.events - n,
+                    seg.events
+                );
+                self.report(s, seg, u64::from(n), None);
+            }
+            // Accepted with a 2xx, so deleted: sending it again would duplicate what the
+            // intake did store, and nothing says what it did not. Counted, not hidden.
+            Confirmation::Unreadable(why) => {
+                self.health.segments_unconfirmed += 1;
+                log::warn!(
+                    "intake accepted {} (HTTP 2xx) but its answer is {why}, not \
+                     {{\"event_ids\":[…]}}: delivery of its {} events is unconfirmed",
+                    seg.file_name(),
+                    seg.events
+                );
+            }
+        }
+        self.health.delivered_events += u64::from(confirmed);
+        Step::Progress
+    }
+
+    /// A permanent refusal ([`is_refusal`]): the [`Judge`] says what to do.
+    fn refused(&mut self, s: &mut Spool, seg: &Segment, code: u16, reply: &[u8]) -> Step {
+        self.health.attempts[5] += 1;
+        self.health.consecutive_failures += 1;
+        let name = seg.file_name();
+        let mut skip = self.judge.skipped();
+        skip.push(seg.clone());
+        let others = s.next_except(&skip).is_some();
+        match self.judge.refused(seg, seg.events, code, others) {
+            Action::Configuration(status) => {
+                self.health.intake_refusing = Some(status);
+                let why = Refusal::new(status, reply, &self.key);
+                log::error!(
+                    "intake {} refuses every request with HTTP {status} ({}): check intake_url \
+                     (or region) and the proxy; nothing is dropped or set aside, retrying every \
+                     {}s",
+                    self.base,
+                    why.answer,
+                    CONFIG_RETRY.as_secs()
+                );
+                Step::Wait(CONFIG_RETRY)
+            }
+            Action::Hold => {
+                log::warn!(
+                    "intake refused {name} with HTTP {code}; sending other segments first to \
+                     tell a bad event from a wrong configuration"
+                );
+                Step::Progress
+            }
+            Action::Split => match s.split(seg, self.level) {
+                Ok(Some(_)) => {
+                    self.health.split_segments += 1;
+                    log::warn!("intake refused {name} with HTTP {code}; split in two");
+                    Step::Progress
+                }
+                Ok(None) => self.failed(format!("HTTP {code}; {name} cannot be split")),
+                Err(e) => self.failed(format!("splitting {name}: {e}")),
+            },
+            Action::DeadLetter => self.dead_letter(s, seg, Refusal::new(code, reply, &self.key)),
+            Action::Retry => {
+                let wait = self.backoff.step();
+                log::warn!(
+                    "intake refused {name} with HTTP {code}; nothing else to send: retrying in \
+                     {wait:?}"
+                );
+                Step::Wait(wait)
+            }
+        }
+    }
+
+    /// Moves a single refused event out of the queue into `refused/` and reports it.
+    fn dead_letter(&mut self, s: &mut Spool, seg: &Segment, why: Refusal) -> Step {
+        let name = seg.file_name();
+        let kept = match s.dead_letter(seg, &why) {
+            Ok(DeadLettered::Kept) => Some(
+                crate::spool::refused::dir(s.dir())
+                    .join(&name)
+                    .display()
+                    .to_string(),
+            ),
+            Ok(DeadLettered::Dropped) => None,
+            Err(e) => return self.failed(format!("moving {name} to refused/: {e}")),
+        };
+        self.health.events_dead_lettered += u64::from(seg.events);
+        log::error!(
+            "intake refused {name} (a single event) with HTTP {} twice while accepting other \
+             segments: {} ({}); reported in-band; answer: {}",
+            why.status,
+            match &kept {
+                Some(_) => "moved to refused/",
+                None => "deleted, the refused/ folder is full",
+            },
+            "`kube-audit-shipper spool list` shows it, `spool resend` re-queues it",
+            why.answer
+        );
+        let dead = (why.status, why.answer.as_str(), kept.as_deref());
+        self.report(s, seg, u64::from(seg.events), Some(dead));
+        Step::Progress
+    }
+
+    /// Queues a `refused_by_intake` gap record in the spool, as one critical segment of the
+    /// refused segment's form, at the refused events' time.
+    fn report(
+        &mut self,
+        s: &mut Spool,
+        seg: &Segment,
+        events: u64,
+        dead_letter: Option<(u16, &str, Option<&str>)>,
+    ) {
+        let name = seg.file_name();
+        if self.own_records.contains(seg) {
+            log::error!("{name} is this sender's own refused_by_intake record: not reported again");
+            return;
+        }
+        let now = crate::metrics::now_micros() as i64;
+        let record = crate::records::Refused {
+            file: &self.file,
+            segment: &name,
+            events,
+            first_event_at: seg.earliest,
+            dead_letter,
+        };
+        let mut text = Vec::new();
+        crate::records::refused(&mut text, &self.host, &record, now);
+        let limits = BatchLimits {
+            level: self.level,
+            ..BatchLimits::default()
+        };
+        let mut batcher = Batcher::with_format(limits, seg.format, &self.key);
+        let body = match seg.format {
+            IntakeFormat::PlainBatch => text,
+            IntakeFormat::Array => {
+                let mut escaped = Vec::new();
+                crate::batch::escape_event(&mut escaped, &text);
+                escaped
+            }
+        };
+        let ts = Some(seg.earliest.unwrap_or(now));
+        let sealed = batcher
+            .add(Class::Critical, &body, ts, Instant::now())
+            .and_then(|_| batcher.seal(Class::Critical));
+        match sealed {
+            Ok(Some(sealed)) if self.pending.len() < MAX_PENDING_RECORDS => {
+                self.pending.push(sealed);
+                self.store_pending(s);
+            }
+            Ok(_) => log::error!("a refused_by_intake record for {name} could not be queued"),
+            Err(e) => log::error!("a refused_by_intake record for {name}: {e}"),
+        }
+    }
+
+    /// Stores the gap records waiting (in order) until the spool refuses one.
+    fn store_pending(&mut self, s: &mut Spool) {
+        while let Some(first) = self.pending.first() {
+            match s.store(first) {
+                Ok(Stored::Written(seg)) => {
+                    self.pending.remove(0);
+                    self.health.records_spooled += 1;
+                    if self.own_records.len() == MAX_PENDING_RECORDS {
+                        self.own_records.pop_front();
+                    }
+                    self.own_records.push_back(seg);
+                }
+                Ok(Stored::Full) => return,
+                Err(e) => {
+                    log::warn!("spooling a refused_by_intake record: {e}; retrying");
+                    return;
+                }
             }
         }
     }
@@ -583,6 +1019,161 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// Replays answers through a [`Judge`] driven like the sender drives it: a queue of
+    /// segments (name, events), the first one not skipped is sent; `refuses(name)` says
+    /// whether the intake refuses it (with `status`). Returns the actions taken, the
+    /// dead-lettered segments and the configuration verdict at the end.
+    fn replay(
+        mut queue: Vec<(String, u32)>,
+        refuses: impl Fn(&str) -> bool,
+        status: u16,
+        steps: usize,
+    ) -> (Vec<Action>, Vec<String>, Option<u16>) {
+        let mut judge: Judge<String> = Judge::default();
+        let (mut actions, mut dead) = (Vec::new(), Vec::new());
+        for _ in 0..steps {
+            judge.retain(|k| queue.iter().any(|(n, _)| n == k));
+            let skip = judge.skipped();
+            let Some((name, events)) = queue
+                .iter()
+                .find(|(n, _)| !skip.contains(n))
+                .or_else(|| queue.iter().find(|(n, _)| skip.first() == Some(n)))
+                .cloned()
+            else {
+                break;
+            };
+            if judge.configuration().is_some() {
+                break;
+            }
+            let at = queue.iter().position(|(n, _)| *n == name).unwrap();
+            if !refuses(&name) {
+                judge.accepted();
+                queue.remove(at);
+                continue;
+            }
+            let others = queue.iter().any(|(n, _)| *n != name && !skip.contains(n));
+            let action = judge.refused(&name, events, status, others);
+            match &action {
+                Action::Split => {
+                    // The bad event is the one named "bad" inside: halves "<name>a" / "<name>b"
+                    // of events/2 each; the bad event follows the "a" half here.
+                    queue.remove(at);
+                    let half = events / 2;
+                    queue.insert(at, (format!("{name}b"), events - half));
+                    queue.insert(at, (format!("{name}a"), half));
+                }
+                Action::DeadLetter => {
+                    queue.remove(at);
+                    dead.push(name.clone());
+                }
+                _ => {}
+            }
+            actions.push(action);
+        }
+        (actions, dead, judge.configuration())
+    }
+
+    #[test]
+    fn one_bad_event_is_isolated_and_dead_lettered_while_the_rest_flows() {
+        // The bad event is in the first half at every level: the worst case for a
+        // bisection, which must never look like configuration.
+        let bad = |n: &str| n.starts_with("s") && n[1..].bytes().all(|b| b == b'a');
+        for others in [0, 3] {
+            let mut queue = vec![("s".to_string(), 1000)];
+            queue.extend((0..others).map(|i| (format!("t{i}"), 10)));
+            let (actions, dead, config) = replay(queue, bad, 400, 200);
+            assert_eq!(config, None, "{actions:?}");
+            assert_eq!(dead.len(), 1, "{actions:?}");
+            assert!(bad(&dead[0]));
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Configuration(_)))
+            );
+        }
+    }
+
+    #[test]
+    fn everything_refused_is_configuration_with_nothing_dead_lettered() {
+        for segments in [1, 2, 5] {
+            let queue = (0..segments).map(|i| (format!("s{i}"), 100)).collect();
+            let (actions, dead, config) = replay(queue, |_| true, 404, 50);
+            assert_eq!(config, Some(404), "{actions:?}");
+            assert!(dead.is_empty());
+            // At most one split before the verdict (a lone segment gives its halves).
+            let splits = actions.iter().filter(|a| **a == Action::Split).count();
+            assert!(splits <= 1, "{actions:?}");
+        }
+        // A lone single event refused over and over: configuration too, never dead-lettered.
+        let (_, dead, config) = replay(vec![("s".into(), 1)], |_| true, 404, 50);
+        assert_eq!((dead.len(), config), (0, Some(404)));
+    }
+
+    #[test]
+    fn a_one_off_refusal_costs_a_retry_not_a_dead_letter() {
+        let mut judge: Judge<&str> = Judge::default();
+        judge.accepted();
+        assert_eq!(judge.refused(&"x", 1, 400, true), Action::Hold);
+        assert_eq!(judge.skipped(), vec!["x"]);
+        judge.accepted(); // another segment passes
+        assert!(judge.skipped().is_empty(), "x is tried again");
+        judge.accepted(); // x itself passes on its retry
+        judge.retain(|_| false);
+        assert_eq!(judge.configuration(), None);
+        // Refused again only after a success in between: dead letter.
+        assert_eq!(judge.refused(&"y", 1, 400, true), Action::Hold);
+        judge.accepted();
+        assert_eq!(judge.refused(&"y", 1, 400, true), Action::DeadLetter);
+        // Different statuses do not add up to configuration.
+        let mut j: Judge<u32> = Judge::default();
+        for (i, status) in [400, 404, 400, 404].into_iter().enumerate() {
+            assert_ne!(
+                j.refused(&(i as u32), 10, status, true),
+                Action::Configuration(status)
+            );
+        }
+        // A success ends a configuration verdict.
+        for i in 0..3 {
+            j.refused(&(10 + i), 10, 405, true);
+        }
+        assert_eq!(j.configuration(), Some(405));
+        j.accepted();
+        assert_eq!(j.configuration(), None);
+    }
+
+    #[test]
+    fn permanent_refusals_are_3xx_and_4xx_but_the_handled_ones() {
+        for s in [301, 302, 307, 400, 404, 405, 410, 415] {
+            assert!(is_refusal(s), "{s}");
+        }
+        for s in [200, 401, 403, 408, 413, 422, 429, 500, 502, 503] {
+            assert!(!is_refusal(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_answer_confirms_events_by_their_ids() {
+        assert_eq!(confirm(br#"{"event_ids":["a","b"]}"#, 2), Confirmation::All);
+        assert_eq!(
+            confirm(br#"{"event_ids":["a"]}"#, 3),
+            Confirmation::Missing(2)
+        );
+        assert_eq!(confirm(br#"{"event_ids":[]}"#, 1), Confirmation::Missing(1));
+        assert_eq!(confirm(br#"{"event_ids":["a","b"]}"#, 1), Confirmation::All);
+        for bad in [
+            &b""[..],
+            b"OK",
+            b"<html>proxy</html>",
+            br#"{"ids":[]}"#,
+            b"[1]",
+        ] {
+            assert!(
+                matches!(confirm(bad, 1), Confirmation::Unreadable(_)),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

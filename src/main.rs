@@ -15,6 +15,7 @@ Usage:
   kube-audit-shipper check --config FILE [--send-test-event]
   kube-audit-shipper extract [--format audit|ecs|raw] [--strict] [--max-line-bytes N] [FILE...]
   kube-audit-shipper bench [--rounds N] [--level 1-9] FILE
+  kube-audit-shipper spool --config FILE list | resend [SEGMENT...] | drop SEGMENT...|--all
   kube-audit-shipper --help | --version
 
 Commands:
@@ -42,8 +43,15 @@ Commands:
             the SIMD implementation in use, bytes raw -> audit -> gzip, and the CPU share at
             the event rate found in FILE.
 
+  spool     What waits in each entry's spool (segments, events, bytes, by class) and what
+            the intake refused for good (the dead-letter folder `refused/`: each segment
+            with its HTTP status and the start of the answer). `resend` moves dead-lettered
+            segments (all, or those named) back into the queue after the cause is fixed;
+            `drop` deletes them (name them, or --all). `list` may run beside the service;
+            `resend` and `drop` refuse while the service runs (they take its state_dir lock).
+
 Options:
-  --config FILE         run, check: the configuration file
+  --config FILE         run, check, spool: the configuration file
   --send-test-event     check: post one labelled test record to verify the intake key
   --format F            output form of extract (audit, ecs, raw)
   --strict              extract: exit non-zero at the first line that is not an event
@@ -113,6 +121,7 @@ fn run() -> Result<ExitCode, String> {
         "check" => run_check(args),
         "extract" => run_extract(args),
         "bench" => run_bench(args),
+        "spool" => run_spool(args),
         other => Err(format!("unknown command {other:?}; see --help")),
     }
 }
@@ -176,6 +185,46 @@ fn run_check(args: lexopt::Parser) -> Result<ExitCode, String> {
         Ok(false) => Ok(ExitCode::from(1)),
         Err(e) => {
             println!("{e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn run_spool(mut args: lexopt::Parser) -> Result<ExitCode, String> {
+    use kube_audit_shipper::cmd::spool::{self, Action};
+    let (mut config, mut words, mut all) = (None, Vec::new(), false);
+    while let Some(arg) = args.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") | Short('c') => {
+                config = Some(std::path::PathBuf::from(
+                    args.value().map_err(|e| e.to_string())?,
+                ))
+            }
+            Long("all") => all = true,
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) => words.push(v.string().map_err(|e| e.to_string())?),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let config = config.ok_or("--config FILE is required (the YAML with `logfiles:`)")?;
+    let (verb, names) = words
+        .split_first()
+        .ok_or("spool: say list, resend or drop")?;
+    let names = names.to_vec();
+    let action = match verb.as_str() {
+        "list" if names.is_empty() && !all => Action::List,
+        "list" => return Err("spool list takes no segment names nor --all".to_string()),
+        "resend" => Action::Resend(if all { Vec::new() } else { names }),
+        "drop" => Action::Drop { names, all },
+        _ => return Err(format!("spool: unknown action {verb:?}; see --help")),
+    };
+    match spool::run(&config, &action) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("kube-audit-shipper: {e}");
             Ok(ExitCode::from(1))
         }
     }

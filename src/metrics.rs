@@ -43,7 +43,14 @@ impl Value {
 }
 
 /// Attempts by outcome, in the order of [`crate::intake::Health::attempts`].
-pub const ATTEMPT_OUTCOMES: [&str; 5] = ["accepted", "too_large", "busy", "key_refused", "failed"];
+pub const ATTEMPT_OUTCOMES: [&str; 6] = [
+    "accepted",
+    "too_large",
+    "busy",
+    "key_refused",
+    "failed",
+    "refused",
+];
 
 /// The numbers of one `logfiles:` entry.
 #[derive(Debug, Default)]
@@ -82,8 +89,20 @@ pub struct FileMetrics {
     pub bytes_wire_shipped: Value,
     pub segments_split: Value,
     pub segments_quarantined: Value,
-    pub attempts: [Value; 5],
+    pub attempts: [Value; 6],
     pub key_refused: Value,
+    /// Events of accepted segments without an id in the intake's answer.
+    pub events_refused_by_intake: Value,
+    /// Accepted segments whose answer was not `{"event_ids":[…]}`.
+    pub segments_unconfirmed: Value,
+    /// Single events refused twice and moved to `refused/` (or dropped at its cap).
+    pub events_dead_lettered: Value,
+    /// Of those, not kept: `refused/` was at its cap.
+    pub dead_letters_dropped: Value,
+    /// Bytes in `refused/`.
+    pub refused_bytes: Value,
+    /// HTTP status with which every request is refused (configuration), 0 otherwise.
+    pub intake_refusing: Value,
     // Spool gauges (updated by the sender after each step).
     pub spool_bytes: Value,
     pub spool_critical_segments: Value,
@@ -254,6 +273,14 @@ impl Metrics {
             if code != 0 {
                 problems.push(format!(
                     "{}: the intake refuses the intake key (HTTP {code})",
+                    f.file
+                ));
+            }
+            let code = f.intake_refusing.get();
+            if code != 0 {
+                problems.push(format!(
+                    "{}: the intake refuses every request (HTTP {code}): check intake_url, \
+                     region and proxy",
                     f.file
                 ));
             }
@@ -479,6 +506,39 @@ impl Metrics {
             ("spool_bytes", "gauge", "Bytes in the spool.", |f| {
                 f.spool_bytes.get()
             }),
+            (
+                "events_refused_by_intake_total",
+                "counter",
+                "Events of accepted segments that got no id in the intake's answer.",
+                |f| f.events_refused_by_intake.get(),
+            ),
+            (
+                "segments_unconfirmed_total",
+                "counter",
+                "Segments accepted (2xx) with an answer that is not {\"event_ids\":[...]}.",
+                |f| f.segments_unconfirmed.get(),
+            ),
+            (
+                "events_dead_lettered_total",
+                "counter",
+                "Single events the intake refused twice, moved to refused/ (or dropped at its cap).",
+                |f| f.events_dead_lettered.get(),
+            ),
+            (
+                "dead_letters_dropped_total",
+                "counter",
+                "Dead-lettered events not kept: refused/ was at its cap.",
+                |f| f.dead_letters_dropped.get(),
+            ),
+            ("refused_bytes", "gauge", "Bytes in refused/.", |f| {
+                f.refused_bytes.get()
+            }),
+            (
+                "intake_refusing",
+                "gauge",
+                "HTTP status with which the intake refuses every request (configuration), 0 otherwise.",
+                |f| f.intake_refusing.get(),
+            ),
         ];
         for (name, kind, help, get) in series {
             family(&mut out, name, kind, help);

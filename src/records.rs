@@ -18,8 +18,10 @@
 //! `deleted_unseen` (files created, rotated and pruned while the reader was stalled, never
 //! seen; `lost_bytes` 0 means unknown, the count is in `detail`),
 //! `truncated` (copytruncate), `too_many_rotated`, `unreadable`, `line_too_long` (a line over
-//! `max_line_bytes`, with `offset`), and `evicted` (bulk events dropped under the spool cap,
-//! with `lost_events` and `first_event_at`). `exact: false` means `lost_bytes` is a lower
+//! `max_line_bytes`, with `offset`), `evicted` (bulk events dropped under the spool cap,
+//! with `lost_events` and `first_event_at`), and `refused_by_intake` ([`refused`]: events
+//! the intake did not take, with `lost_events`, the `segment` and, for a dead-lettered event,
+//! the HTTP `status`, the first 200 bytes of the `answer` and where it is kept). `exact: false` means `lost_bytes` is a lower
 //! bound. A record is sent with the time of the loss (the evicted events' earliest time, else
 //! the detection time): the `timestamp` of its own `/array` entry, or with `plain_batch` the
 //! header time of the batch it is in.
@@ -122,6 +124,64 @@ pub fn gap(out: &mut Vec<u8>, host: &str, loss: &Loss<'_>, now_micros: i64) {
     if let Some(d) = loss.detail {
         out.extend_from_slice(b",\"detail\":");
         json_string(out, d, 4096);
+    }
+    let _ = write!(
+        out,
+        ",\"detected_at\":\"{}\"}}}}",
+        format_micros(now_micros)
+    );
+}
+
+/// Events the intake refused (DESIGN.md §7): fewer `event_ids` than events in an accepted
+/// segment, or a single event refused with a permanent status and dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused<'a> {
+    /// The log file (the `logfiles:` entry's `filepath`).
+    pub file: &'a str,
+    /// The spool segment's name.
+    pub segment: &'a str,
+    pub events: u64,
+    /// The segment's earliest event time (unix µs), if known.
+    pub first_event_at: Option<i64>,
+    /// Dead-lettered: the status, the start of the answer (without the key), and
+    /// `Some(path)` where it is kept or `None` when the folder was full and it was dropped.
+    pub dead_letter: Option<(u16, &'a str, Option<&'a str>)>,
+}
+
+/// Appends a `refused_by_intake` gap record (no newline).
+pub fn refused(out: &mut Vec<u8>, host: &str, r: &Refused<'_>, now_micros: i64) {
+    let how = match r.dead_letter {
+        None => "not confirmed by the intake's answer (fewer event ids than events)".to_string(),
+        Some((status, _, Some(kept))) => format!("refused with HTTP {status}; kept in {kept}"),
+        Some((status, _, None)) => {
+            format!("refused with HTTP {status}; not kept (the dead-letter folder is full)")
+        }
+    };
+    let message = format!(
+        "kube-audit-shipper on {host}: {} events of {} refused by the intake ({how})",
+        r.events, r.file
+    );
+    out.extend_from_slice(b"{\"kind\":\"KubeAuditShipperGap\",\"message\":");
+    json_string(out, &message, 4096);
+    out.extend_from_slice(
+        b",\"kube_audit_shipper\":{\"record\":\"gap\",\"reason\":\"refused_by_intake\",\"host\":",
+    );
+    json_string(out, host, 256);
+    out.extend_from_slice(b",\"file\":");
+    json_string(out, r.file, 4096);
+    let _ = write!(out, ",\"lost_events\":{},\"segment\":", r.events);
+    json_string(out, r.segment, 256);
+    if let Some(t) = r.first_event_at {
+        let _ = write!(out, ",\"first_event_at\":\"{}\"", format_micros(t));
+    }
+    if let Some((status, answer, kept)) = r.dead_letter {
+        let _ = write!(out, ",\"status\":{status},\"answer\":");
+        json_string(out, answer, 1024);
+        out.extend_from_slice(b",\"dead_letter\":");
+        match kept {
+            Some(path) => json_string(out, path, 4096),
+            None => out.extend_from_slice(b"null"),
+        }
     }
     let _ = write!(
         out,
@@ -233,6 +293,42 @@ mod tests {
         let v = json(&out);
         assert!(v["kube_audit_shipper"].get("lost_from").is_none());
         assert!(v["message"].as_str().unwrap().contains("an unknown time"));
+    }
+
+    #[test]
+    fn a_refusal_record_names_the_segment_the_count_and_the_answer() {
+        let mut out = Vec::new();
+        let short = Refused {
+            file: "/var/log/audit.log",
+            segment: "00000000000000000003-c-1795000000000000-10.array.gz",
+            events: 2,
+            first_event_at: Some(1_795_000_000_000_000),
+            dead_letter: None,
+        };
+        refused(&mut out, "node-1", &short, 1_795_000_100_000_000);
+        let v = json(&out);
+        let k = &v["kube_audit_shipper"];
+        assert_eq!(k["reason"], "refused_by_intake");
+        assert_eq!(k["lost_events"], 2);
+        assert_eq!(k["segment"], short.segment);
+        assert!(k.get("status").is_none());
+        out.clear();
+        let dead = Refused {
+            events: 1,
+            dead_letter: Some((
+                400,
+                "{\"message\":\"bad \\\"event\\\"\"}",
+                Some("/s/refused/x.gz"),
+            )),
+            ..short
+        };
+        refused(&mut out, "node-1", &dead, 1_795_000_100_000_000);
+        let v = json(&out);
+        let k = &v["kube_audit_shipper"];
+        assert_eq!(k["status"], 400);
+        assert_eq!(k["answer"], "{\"message\":\"bad \\\"event\\\"\"}");
+        assert_eq!(k["dead_letter"], "/s/refused/x.gz");
+        assert!(v["message"].as_str().unwrap().contains("HTTP 400"));
     }
 
     #[test]

@@ -55,10 +55,13 @@ pub fn spool_dir(state_dir: &Path, filepath: &str) -> PathBuf {
 fn start_sender(
     cfg: &Config,
     entry: &LogFile,
+    host: &str,
     stage: &mut Stage,
     stop: &Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, String> {
-    let sender = Sender::new(&cfg.intake(entry)).map_err(|e| format!("intake: {e}"))?;
+    let sender = Sender::new(&cfg.intake(entry))
+        .map_err(|e| format!("intake: {e}"))?
+        .with_origin(host, &entry.filepath);
     let (spool, m, stop) = (stage.spool.clone(), stage.m.clone(), stop.clone());
     let handle = thread::Builder::new()
         .name("sender".into())
@@ -124,10 +127,21 @@ fn send_loop(
     m: Arc<FileMetrics>,
     stop: Arc<AtomicBool>,
 ) {
+    // Gap records the sender spooled (refusals): events of the spool like the reader's.
+    let mut records = 0;
     while !stop.load(Ordering::SeqCst) {
         m.sender_beat_micros.set(now_micros());
         let step = sender.deliver_next(&spool);
         let h = &sender.health;
+        let new_records = h.records_spooled - records;
+        records = h.records_spooled;
+        m.gap_records.add(new_records);
+        m.events_spooled.add(new_records);
+        m.events_refused_by_intake.set(h.events_refused);
+        m.segments_unconfirmed.set(h.segments_unconfirmed);
+        m.events_dead_lettered.set(h.events_dead_lettered);
+        m.intake_refusing
+            .set(u64::from(h.intake_refusing.unwrap_or(0)));
         m.events_shipped.set(h.delivered_events);
         m.segments_shipped.set(h.delivered_segments);
         m.bytes_wire_shipped.set(h.delivered_bytes);
@@ -146,6 +160,8 @@ fn send_loop(
                 .set(s.segments(Class::Critical) as u64);
             m.spool_bulk_segments.set(s.segments(Class::Bulk) as u64);
             m.segments_quarantined.set(s.stats.quarantined);
+            m.dead_letters_dropped.set(s.stats.dead_letters_dropped);
+            m.refused_bytes.set(s.refused_bytes());
             m.next_event_micros.set(
                 s.next()
                     .and_then(|seg| seg.earliest)
@@ -281,12 +297,12 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders: Vec<JoinHandle<()>> = Vec::new();
     for (p, logfile) in pipelines.iter_mut().zip(&cfg.logfiles) {
-        senders.push(start_sender(cfg, logfile, &mut p.stage, &stop)?);
+        senders.push(start_sender(cfg, logfile, &host, &mut p.stage, &stop)?);
     }
     if let (Some(w), Some(mut stage), Some(wm)) =
         (&cfg.webhook, webhook_stage.take(), webhook_metrics)
     {
-        senders.push(start_sender(cfg, &w.entry, &mut stage, &stop)?);
+        senders.push(start_sender(cfg, &w.entry, &host, &mut stage, &stop)?);
         start_webhook(cfg, w, stage, wm)?;
     }
     log::info!(

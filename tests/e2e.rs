@@ -1120,8 +1120,11 @@ fn every_intake_fault_is_retried_and_loses_nothing() {
     assert_eq!(m["kas_send_attempts_total{outcome=\"too_large\"}"], 1);
     assert_eq!(m["kas_segments_split_total"], 1);
     assert_eq!(m["kas_send_attempts_total{outcome=\"busy\"}"], 3);
-    // 500, 502, 400, the reset and the timeout (the server's late 200 is not seen).
-    assert_eq!(m["kas_send_attempts_total{outcome=\"failed\"}"], 5);
+    // 500, 502, the reset and the timeout (the server's late 200 is not seen).
+    assert_eq!(m["kas_send_attempts_total{outcome=\"failed\"}"], 4);
+    // The 400: a permanent refusal, held aside while others pass, then accepted on retry.
+    assert_eq!(m["kas_send_attempts_total{outcome=\"refused\"}"], 1);
+    assert_eq!(m["kas_events_dead_lettered_total"], 0);
     assert_eq!(m["kas_send_attempts_total{outcome=\"key_refused\"}"], 0);
     // Retry-After is honoured: the next request comes no sooner than it asked.
     let mut honoured = 0;

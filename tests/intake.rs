@@ -5,12 +5,12 @@
 mod support;
 
 use kube_audit_shipper::batch::{BatchLimits, Batcher, IntakeFormat, Sealed, escape_event};
-use kube_audit_shipper::intake::{IntakeConfig, KEY_REFUSED_RETRY, Sender, Step};
+use kube_audit_shipper::intake::{CONFIG_RETRY, IntakeConfig, KEY_REFUSED_RETRY, Sender, Step};
 use kube_audit_shipper::spool::{Class, Spool, Stored};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use support::intake::{Emulator, Fault, Options};
+use support::intake::{AnswerBody, Emulator, Fault, Options};
 
 const KEY: &str = "test-intake-key-5f1c";
 
@@ -515,4 +515,312 @@ fn the_key_in_an_array_body_is_never_logged_even_when_refused() {
     let log = LOG.get_or_init(Default::default).lock().unwrap().clone();
     assert!(log.contains("rewritten with the current one"), "{log}");
     assert!(!log.contains(wrong) && !log.contains(KEY));
+}
+
+/// An `/array` batch of the given events (each a JSON object), made with [`KEY`].
+fn array_of(class: Class, events: &[String], ts: i64) -> Sealed {
+    let limits = BatchLimits {
+        max_events: 100_000,
+        max_bytes: usize::MAX,
+        ..BatchLimits::default()
+    };
+    let mut b = Batcher::with_format(limits, IntakeFormat::Array, KEY);
+    let mut escaped = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        escape_event(&mut escaped, event.as_bytes());
+        b.add(class, &escaped, Some(ts + i as i64), Instant::now())
+            .unwrap();
+    }
+    b.seal(class).unwrap().unwrap()
+}
+
+/// `n` events `tag-0` … `tag-{n-1}`; those whose index is in `marked` carry `mark`.
+fn events(tag: &str, n: usize, marked: &[usize], mark: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let pad = if marked.contains(&i) { mark } else { "p" };
+            format!("{{\"auditID\":\"{tag}-{i}\",\"verb\":\"get\",\"pad\":\"{pad}\"}}")
+        })
+        .collect()
+}
+
+/// The audit events (by auditID) and the records the emulator stored.
+fn split_records(emu: &Emulator) -> (Vec<String>, Vec<serde_json::Value>) {
+    let (mut audit, mut records) = (Vec::new(), Vec::new());
+    for e in emu.events() {
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        match v["auditID"].as_str() {
+            Some(id) => audit.push(id.to_string()),
+            None => records.push(v),
+        }
+    }
+    (audit, records)
+}
+
+fn log_text() -> String {
+    LOG.get_or_init(Default::default).lock().unwrap().clone()
+}
+
+#[test]
+fn short_event_ids_are_counted_and_reported_in_band() {
+    capture_logs();
+    let dir = tmpdir("short-ids");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().drop_marked = Some("OVERSIZE".into());
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let t0 = 1_795_532_127_763_391;
+    store(
+        &spool,
+        &array_of(Class::Bulk, &events("s", 10, &[3, 7], "OVERSIZE"), t0),
+    );
+    let seg = spool.lock().unwrap().next().unwrap().file_name();
+    let mut sender = Sender::new(&config(&emu, KEY))
+        .unwrap()
+        .with_origin("node-1", "/var/log/audit.log");
+    assert!(drain(&mut sender, &spool, 10).is_empty());
+    let h = &sender.health;
+    assert_eq!(h.events_refused, 2);
+    assert_eq!(h.records_spooled, 1, "one record, once per segment");
+    // 8 of the segment's events, then the record's.
+    assert_eq!(h.delivered_events, 8 + 1);
+    let (audit, records) = split_records(&emu);
+    assert_eq!(audit.len(), 8);
+    assert_eq!(records.len(), 1);
+    let k = &records[0]["kube_audit_shipper"];
+    assert_eq!(k["reason"], "refused_by_intake");
+    assert_eq!(k["lost_events"], 2);
+    assert_eq!(k["segment"], seg.as_str());
+    assert_eq!(k["file"], "/var/log/audit.log");
+    assert_eq!(k["first_event_at"], "2026-11-24T14:55:27.763391Z");
+    // The record went to the endpoint of the segment's form, with the events' time.
+    let last = emu.requests().pop().unwrap();
+    assert_eq!(last.path, "/array");
+    assert_eq!(
+        emu.timed_events().last().unwrap().1.as_deref(),
+        Some("2026-11-24T14:55:27.763391Z")
+    );
+    assert_eq!(emu.state.lock().unwrap().dropped, 2);
+    assert!(log_text().contains("returned ids for 8 of its 10 events"));
+}
+
+#[test]
+fn a_2xx_answer_that_is_not_event_ids_is_counted_unconfirmed() {
+    capture_logs();
+    let dir = tmpdir("unconfirmed");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    for (i, body) in [AnswerBody::NotJson, AnswerBody::Empty]
+        .into_iter()
+        .enumerate()
+    {
+        emu.state.lock().unwrap().answer = body;
+        store(
+            &spool,
+            &array_of(Class::Bulk, &events(&format!("u{i}"), 3, &[], ""), 0),
+        );
+        assert!(drain(&mut sender, &spool, 5).is_empty());
+        assert_eq!(sender.health.segments_unconfirmed, i as u64 + 1);
+    }
+    // Accepted with a 2xx: deleted (sending again would duplicate what was stored), and
+    // counted as shipped; nothing is reported as lost.
+    assert!(spool.lock().unwrap().is_empty());
+    assert_eq!(sender.health.delivered_events, 6);
+    assert_eq!(sender.health.records_spooled, 0);
+    assert_eq!(emu.events().len(), 6);
+    assert!(log_text().contains("delivery of its 3 events is unconfirmed"));
+}
+
+#[test]
+fn one_refused_event_is_dead_lettered_while_the_rest_flows_and_can_be_resent() {
+    capture_logs();
+    let dir = tmpdir("dead-letter");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().poison = Some("POISON".into());
+    let spool_dir = dir.join("spool");
+    let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+    // The bad event inside a batch of 40, behind it two other batches.
+    store(
+        &spool,
+        &array_of(Class::Critical, &events("c", 40, &[17], "POISON"), 0),
+    );
+    store(&spool, &array_of(Class::Bulk, &events("b", 10, &[], ""), 0));
+    store(&spool, &sealed_array(Class::Bulk, "a", 5, 0, KEY));
+    let mut sender = Sender::new(&config(&emu, KEY))
+        .unwrap()
+        .with_origin("node-1", "/var/log/audit.log");
+    assert!(drain(&mut sender, &spool, 200).is_empty(), "never waits");
+    let (audit, records) = split_records(&emu);
+    let mut want: Vec<String> = (0..40)
+        .filter(|&i| i != 17)
+        .map(|i| format!("c-{i}"))
+        .chain((0..10).map(|i| format!("b-{i}")))
+        .chain((0..5).map(|i| format!("a-{i}")))
+        .collect();
+    let mut got = audit.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every other event once");
+    let requests = emu.requests();
+    let refused = requests.iter().filter(|r| r.status == 400).count();
+    eprintln!(
+        "dead letter: {} requests ({refused} refused) to isolate 1 event of 40 behind which 2 \
+         segments waited",
+        requests.len()
+    );
+    // A bisection with one retry per level: about 3 requests per halving.
+    assert!(requests.len() <= 3 * 7 + 4, "{}", requests.len());
+    let h = &sender.health;
+    assert_eq!(h.events_dead_lettered, 1);
+    assert_eq!(h.intake_refusing, None);
+    assert_eq!(h.delivered_events, 54 + 1);
+    // Kept in refused/ with its status and answer.
+    let refused = kube_audit_shipper::spool::refused::list(&spool_dir).unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].segment.events, 1);
+    let why = refused[0].why.clone().unwrap();
+    assert_eq!(why.status, 400);
+    assert_eq!(why.answer, support::intake::POISON_ANSWER);
+    // Reported in-band with the status and the answer.
+    assert_eq!(records.len(), 1);
+    let k = &records[0]["kube_audit_shipper"];
+    assert_eq!(k["reason"], "refused_by_intake");
+    assert_eq!(k["lost_events"], 1);
+    assert_eq!(k["status"], 400);
+    assert_eq!(k["answer"], support::intake::POISON_ANSWER);
+    assert!(k["dead_letter"].as_str().unwrap().contains("/refused/"));
+    assert_eq!(k["segment"], refused[0].segment.file_name().as_str());
+    assert!(!log_text().contains(KEY));
+    // The operator fixes the cause and resends it (what `spool resend` does).
+    drop(spool);
+    emu.state.lock().unwrap().poison = None;
+    kube_audit_shipper::spool::refused::resend(&spool_dir, &refused[0].segment).unwrap();
+    let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+    assert!(drain(&mut sender, &spool, 5).is_empty());
+    let (audit, _) = split_records(&emu);
+    assert_eq!(audit.iter().filter(|id| *id == "c-17").count(), 1);
+    assert!(
+        kube_audit_shipper::spool::refused::list(&spool_dir)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_wrong_url_is_configuration_health_fails_and_nothing_is_dead_lettered() {
+    capture_logs();
+    for segments in [1usize, 4] {
+        let dir = tmpdir(&format!("wrong-url-{segments}"));
+        let emu = Emulator::start(&dir.join("emu"), Options::default());
+        let spool_dir = dir.join("spool");
+        let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+        for i in 0..segments {
+            store(
+                &spool,
+                &sealed_array(Class::Bulk, &format!("w{i}"), 20, 0, KEY),
+            );
+        }
+        let mut cfg = config(&emu, KEY);
+        cfg.url = format!("{}/not-the-intake", emu.url);
+        let mut sender = Sender::new(&cfg).unwrap();
+        let mut steps = Vec::new();
+        while steps.len() < 10 {
+            let step = sender.deliver_next(&spool);
+            steps.push(step.clone());
+            if step == Step::Wait(CONFIG_RETRY) {
+                break;
+            }
+        }
+        assert_eq!(steps.last(), Some(&Step::Wait(CONFIG_RETRY)), "{steps:?}");
+        assert!(steps.len() <= 4, "decided within a few requests: {steps:?}");
+        assert_eq!(sender.health.intake_refusing, Some(404));
+        // The slow retries stay refused, probing other segments; nothing set aside.
+        for _ in 0..3 {
+            assert_eq!(sender.deliver_next(&spool), Step::Wait(CONFIG_RETRY));
+        }
+        let queued = kube_audit_shipper::spool::queued(&spool_dir).unwrap();
+        let held: u32 = queued.iter().map(|s| s.events).sum();
+        assert_eq!(held as usize, 20 * segments, "every event still queued");
+        assert!(
+            kube_audit_shipper::spool::refused::list(&spool_dir)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(sender.health.events_dead_lettered, 0);
+        assert!(emu.events().is_empty());
+        let log = log_text();
+        assert!(
+            log.contains(&format!(
+                "intake {}/not-the-intake refuses every request with HTTP 404",
+                emu.url
+            )),
+            "{log}"
+        );
+        // Fixed (the right URL, after a restart): everything goes.
+        let mut fixed = Sender::new(&config(&emu, KEY)).unwrap();
+        assert!(drain(&mut fixed, &spool, 20).is_empty());
+        assert_eq!(emu.events().len(), 20 * segments);
+        assert_eq!(fixed.health.records_spooled, 0);
+    }
+}
+
+#[test]
+fn a_refused_record_about_a_refusal_is_not_reported_again() {
+    // An intake that refuses the event and also the record that reports it: the record is
+    // dead-lettered too, but no record about the record follows (that would never end).
+    capture_logs();
+    let dir = tmpdir("record-loop");
+    let emu = Emulator::start(&dir.join("emu"), Options::default());
+    emu.state.lock().unwrap().poison = Some("refused_by_intake".into());
+    let spool_dir = dir.join("spool");
+    let spool = Mutex::new(Spool::open(&spool_dir, 1 << 30).unwrap());
+    store(
+        &spool,
+        &array_of(
+            Class::Critical,
+            &events("c", 8, &[5], "refused_by_intake"),
+            0,
+        ),
+    );
+    // Enough other segments that one is left to pass between the record's two refusals
+    // (the bisection takes three as evidence).
+    for i in 0..6 {
+        store(
+            &spool,
+            &sealed_array(Class::Bulk, &format!("b{i}"), 2, 0, KEY),
+        );
+    }
+    let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+    assert!(drain(&mut sender, &spool, 100).is_empty());
+    assert_eq!(sender.health.records_spooled, 1);
+    assert_eq!(sender.health.events_dead_lettered, 2);
+    let (audit, records) = split_records(&emu);
+    assert_eq!(audit.len(), 7 + 12);
+    assert!(records.is_empty());
+    let refused = kube_audit_shipper::spool::refused::list(&spool_dir).unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(log_text().contains("own refused_by_intake record: not reported again"));
+}
+
+#[test]
+fn a_redirect_or_other_permanent_refusal_once_costs_a_retry_and_loses_nothing() {
+    // Redirects are not followed: a 3xx is an answer (a refusal), not a transport error.
+    capture_logs();
+    for status in [302, 400, 405, 415] {
+        let dir = tmpdir(&format!("once-{status}"));
+        let emu = Emulator::start(&dir.join("emu"), Options::default());
+        emu.script([Fault::Status(status)]);
+        let spool = Mutex::new(Spool::open(&dir.join("spool"), 1 << 30).unwrap());
+        store(&spool, &sealed_array(Class::Critical, "x", 4, 0, KEY));
+        store(&spool, &sealed_array(Class::Bulk, "y", 1, 0, KEY));
+        let mut sender = Sender::new(&config(&emu, KEY)).unwrap();
+        assert_eq!(sender.deliver_next(&spool), Step::Progress, "held aside");
+        assert_eq!(sender.health.attempts[5], 1, "{status} counted as refused");
+        assert!(drain(&mut sender, &spool, 10).is_empty());
+        let mut got = ids(&emu.events());
+        got.sort();
+        assert_eq!(got, ["x-0", "x-1", "x-2", "x-3", "y-0"], "{status}");
+        assert_eq!(sender.health.events_dead_lettered, 0);
+        assert_eq!(sender.health.split_segments, 0);
+    }
 }

@@ -1,6 +1,7 @@
 //! The spool's contract (DESIGN.md §2, §6): durable segments, critical before bulk and
 //! oldest first, a byte cap that evicts bulk (counted) and then refuses (backpressure),
-//! corrupt segments quarantined, disk errors leaving nothing behind, 413 splits in place.
+//! corrupt segments quarantined, disk errors leaving nothing behind, 413 splits in place,
+//! refused events dead-lettered to `refused/` up to its cap and resent in their place.
 
 use flate2::read::MultiGzDecoder;
 use kube_audit_shipper::batch::{BatchLimits, Batcher, IntakeFormat, Sealed, escape_event};
@@ -412,4 +413,52 @@ fn array_segments_keep_their_form_across_a_restart_split_and_rekey() {
     let plain = written(spool.store(&batch(Class::Bulk, "p", 2, 10)).unwrap());
     assert!(spool.rekey(&plain, b"\"k\"", 3).is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_event_is_kept_in_refused_up_to_its_cap_and_resent_in_its_place() {
+    use kube_audit_shipper::spool::{DeadLettered, Refusal, queued, refused};
+    let dir = tmpdir("refused");
+    let mut spool = Spool::open(&dir, 1 << 30).unwrap();
+    let a = written(spool.store(&batch(Class::Critical, "a", 1, 2000)).unwrap());
+    let b = written(spool.store(&batch(Class::Bulk, "b", 1, 2000)).unwrap());
+    let c = written(spool.store(&batch(Class::Bulk, "c", 3, 100)).unwrap());
+    // The sender's choices: the first not held aside, the i-th wrapping around.
+    assert_eq!(spool.next_except(std::slice::from_ref(&a)), Some(&b));
+    assert_eq!(spool.nth_wrapping(4), Some(&b));
+    let why = Refusal::new(400, b"{\"message\":\"bad event\"}", "k");
+    spool.set_refused_cap(a.bytes + b.bytes / 2);
+    assert_eq!(spool.dead_letter(&a, &why).unwrap(), DeadLettered::Kept);
+    // Past the cap: not kept (deleted), counted.
+    assert_eq!(spool.dead_letter(&b, &why).unwrap(), DeadLettered::Dropped);
+    assert_eq!(spool.stats.dead_lettered, 2);
+    assert_eq!(spool.stats.dead_letters_dropped, 1);
+    assert_eq!(spool.refused_bytes(), a.bytes);
+    assert_eq!(spool.next(), Some(&c));
+    assert!(!spool.contains(&a) && !spool.contains(&b));
+    drop(spool);
+    // What `spool list` reads, without changing anything.
+    assert_eq!(queued(&dir).unwrap(), vec![c.clone()]);
+    let listed = refused::list(&dir).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].segment, a);
+    assert_eq!(listed[0].why.as_ref(), Some(&why));
+    // A restart counts the folder's bytes and does not take its files for strays.
+    let spool = Spool::open(&dir, 1 << 30).unwrap();
+    assert_eq!(spool.refused_bytes(), a.bytes);
+    assert_eq!(spool.stats.quarantined, 0);
+    assert_eq!(spool.refused_cap(), (1 << 30) / 8);
+    drop(spool);
+    // Resent: back in the queue at its old place (critical, first).
+    refused::resend(&dir, &a).unwrap();
+    let spool = Spool::open(&dir, 1 << 30).unwrap();
+    assert_eq!(spool.next(), Some(&a));
+    assert_eq!(events(&spool, &a), ["a-0"]);
+    assert_eq!(spool.refused_bytes(), 0);
+    assert!(refused::list(&dir).unwrap().is_empty());
+    let mode = std::fs::metadata(dir.join(refused::DIR))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "refused/ is private: {mode:o}");
 }

@@ -3,3 +3,4 @@
 pub mod bench;
 pub mod check;
 pub mod extract;
+pub mod spool;

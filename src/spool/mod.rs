@@ -7,7 +7,9 @@
 //!   caller commit the read positions of its lines.
 //! - A segment leaves the spool only by [`Spool::ack`] (the intake answered 2xx), by
 //!   [`Spool::split`] (its halves are durable before it is removed), by eviction under the
-//!   byte cap (bulk only, counted, reported), or by quarantine (corrupt, counted, reported).
+//!   byte cap (bulk only, counted, reported), by quarantine (corrupt, counted, reported), or
+//!   into the dead-letter folder `refused/` ([`Spool::dead_letter`], a single event the
+//!   intake refuses, counted and reported by the sender; see [`refused`]).
 //! - Memory does not grow with the backlog: the queue holds one small record per segment;
 //!   the bytes stay on disk, capped by `cap_bytes`. When the cap is reached the oldest bulk
 //!   segments are evicted; when only critical data remains, [`Spool::store`] refuses
@@ -24,8 +26,10 @@
 //! current `intake_format`. Files are 0600: an `/array` body holds the intake key.
 
 pub mod class;
+pub mod refused;
 
 pub use class::{Class, classify};
+pub use refused::Refusal;
 
 use crate::batch::{IntakeFormat, Sealed};
 use crate::durable;
@@ -74,7 +78,7 @@ impl Segment {
     /// The segment a file name stands for: only a name that [`Segment::file_name`] gives
     /// back exactly (the spool reads a segment by that name; `002` for `2` would be listed
     /// but never found). The earliest time may be negative (an event stamped before 1970).
-    fn parse(name: &str, bytes: u64) -> Option<Segment> {
+    pub fn parse(name: &str, bytes: u64) -> Option<Segment> {
         let stem = name.strip_suffix(".gz")?;
         let (stem, format) = match stem.strip_suffix(".array") {
             Some(s) => (s, IntakeFormat::Array),
@@ -181,6 +185,36 @@ fn array_entries(body: &[u8]) -> Vec<&[u8]> {
     entries
 }
 
+/// The segments queued in a spool directory, in send order, read without changing anything
+/// (for `kube-audit-shipper spool list`; files that are not segments are left out).
+pub fn queued(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut found = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        // Sent and deleted meanwhile (a listing beside the running service): not waiting.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(seg) = entry
+            .file_name()
+            .to_str()
+            .filter(|_| meta.is_file())
+            .and_then(|n| Segment::parse(n, meta.len()))
+        {
+            found.push(seg);
+        }
+    }
+    found.sort_by(|a, b| (q(a.class), &a.order).cmp(&(q(b.class), &b.order)));
+    Ok(found)
+}
+
 /// What [`Spool::store`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -198,6 +232,19 @@ pub struct SpoolStats {
     pub evicted_segments: u64,
     pub evicted_events: u64,
     pub quarantined: u64,
+    /// Segments moved to `refused/` (each a single event).
+    pub dead_lettered: u64,
+    /// Of those, not kept: the folder was at its cap.
+    pub dead_letters_dropped: u64,
+}
+
+/// What [`Spool::dead_letter`] did with the segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLettered {
+    /// Kept in `refused/`.
+    Kept,
+    /// The folder was at its cap: deleted.
+    Dropped,
 }
 
 /// A write hook, for tests that inject disk errors (ENOSPC) into segment writes.
@@ -208,6 +255,9 @@ pub struct Spool {
     cap: u64,
     queues: [VecDeque<Segment>; 2],
     bytes: u64,
+    /// Bytes in `refused/`, and their cap.
+    refused_bytes: u64,
+    refused_cap: u64,
     next_seq: u64,
     pub stats: SpoolStats,
     evicted: Vec<Segment>,
@@ -233,7 +283,7 @@ impl Spool {
     /// Opens (creating) the spool in `dir`: removes unfinished `tmp/` files, quarantines
     /// files that are not segments, and queues the rest in order.
     pub fn open(dir: &Path, cap_bytes: u64) -> io::Result<Spool> {
-        for sub in ["", "tmp", "quarantine"] {
+        for sub in ["", "tmp", "quarantine", refused::DIR] {
             durable::create_dir(&dir.join(sub))?;
         }
         for entry in fs::read_dir(dir.join("tmp"))? {
@@ -244,6 +294,10 @@ impl Spool {
             cap: cap_bytes,
             queues: [VecDeque::new(), VecDeque::new()],
             bytes: 0,
+            refused_bytes: refused::bytes(dir)?,
+            // A slice of the spool's share: room for dozens of events of 250,000 bytes at
+            // the default cap, without letting refusals take the disk meant for the queue.
+            refused_cap: cap_bytes / 8,
             next_seq: 0,
             stats: SpoolStats::default(),
             evicted: Vec::new(),
@@ -384,6 +438,62 @@ impl Spool {
     /// The next segment to send: the oldest critical one, else the oldest bulk one.
     pub fn next(&self) -> Option<&Segment> {
         self.queues[0].front().or_else(|| self.queues[1].front())
+    }
+
+    /// The first segment in send order that is not in `skip` (the sender's refused ones
+    /// waiting for evidence, see [`crate::intake::Judge`]).
+    pub fn next_except(&self, skip: &[Segment]) -> Option<&Segment> {
+        self.queues.iter().flatten().find(|s| !skip.contains(s))
+    }
+
+    /// The `i`-th segment in send order, wrapping around (the sender probes a different one
+    /// at each slow retry while every request is refused).
+    pub fn nth_wrapping(&self, i: usize) -> Option<&Segment> {
+        let n = self.queues[0].len() + self.queues[1].len();
+        if n == 0 {
+            return None;
+        }
+        self.queues.iter().flatten().nth(i % n)
+    }
+
+    /// Whether the segment is still queued (a held one may have been evicted meanwhile).
+    pub fn contains(&self, seg: &Segment) -> bool {
+        self.queues[q(seg.class)].contains(seg)
+    }
+
+    /// Moves a segment the intake refuses into `refused/` with `why` (see [`refused`]), or
+    /// deletes it when the folder is at its cap. Either way it leaves the queue.
+    pub fn dead_letter(&mut self, seg: &Segment, why: &Refusal) -> io::Result<DeadLettered> {
+        let outcome = if self.refused_bytes + seg.bytes <= self.refused_cap {
+            refused::keep(&self.dir, seg, why)?;
+            self.refused_bytes += seg.bytes;
+            self.forget(seg)?;
+            DeadLettered::Kept
+        } else {
+            self.remove_file(seg)?;
+            self.stats.dead_letters_dropped += 1;
+            DeadLettered::Dropped
+        };
+        self.stats.dead_lettered += 1;
+        Ok(outcome)
+    }
+
+    /// Bytes in `refused/`.
+    pub fn refused_bytes(&self) -> u64 {
+        self.refused_bytes
+    }
+
+    /// The byte cap of `refused/` (an eighth of the spool's cap unless set).
+    pub fn refused_cap(&self) -> u64 {
+        self.refused_cap
+    }
+
+    pub fn set_refused_cap(&mut self, cap: u64) {
+        self.refused_cap = cap;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The segment's body, checked: a gzip stream that decompresses completely with valid

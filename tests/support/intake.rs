@@ -6,7 +6,12 @@
 //!   strictly: valid JSON, no other member, every key right, `json` a string holding a JSON
 //!   object, `timestamp` (optional) RFC 3339 with a zone. A malformed body gets 400.
 //!
-//! A wrong key gets 401 or 422 as configured; `{"event_ids":[…]}` answers; 413 for an event
+//! A wrong key gets 401 or 422 as configured; a 2xx answers `{"event_ids":[…]}`, one id per
+//! event it stored (or, as set in [`State::answer`], a body that is not that JSON); events
+//! holding [`State::drop_marked`] are refused inside an accepted request (no id, not stored;
+//! a 413 when every event is such); a request with an event holding [`State::poison`] gets a
+//! 400 (a permanent refusal of its content); any path but the two gets 404 (a wrong
+//! `intake_url`); 413 for an event
 //! or a body over the intake's limits (for `/array`, the event as the escaped string, the
 //! crate's reading of the limit); scripted faults: statuses, `Retry-After`, slow answers, a
 //! connection reset mid-body; optionally mutual TLS. It records every request, every
@@ -46,6 +51,21 @@ pub enum Fault {
     Pass,
 }
 
+/// What a 2xx answer's body is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AnswerBody {
+    /// `{"event_ids":[…]}`, one id per stored event (the intake's answer).
+    #[default]
+    EventIds,
+    /// A body that is not JSON (`OK`).
+    NotJson,
+    /// No body at all.
+    Empty,
+}
+
+/// The 400 answer to a request holding a poisoned event.
+pub const POISON_ANSWER: &str = "{\"message\":\"invalid event: rejected by the parser\"}";
+
 #[derive(Clone, Debug)]
 pub struct Request {
     /// When the request had arrived (its body read; before any scripted delay).
@@ -76,6 +96,14 @@ pub struct State {
     pub client_cert_seen: bool,
     /// While set, every request gets this status (an outage).
     pub forced_status: Option<u16>,
+    pub answer: AnswerBody,
+    /// Events containing this text are refused inside an accepted request.
+    pub drop_marked: Option<String>,
+    /// A request with an event containing this text is refused with a 400.
+    pub poison: Option<String>,
+    /// Events refused by `drop_marked`, and requests refused by `poison`.
+    pub dropped: usize,
+    pub poisoned: usize,
 }
 
 pub struct Emulator {
@@ -172,6 +200,11 @@ impl Emulator {
             connections: 0,
             client_cert_seen: false,
             forced_status: None,
+            answer: AnswerBody::default(),
+            drop_marked: None,
+            poison: None,
+            dropped: 0,
+            poisoned: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         {
@@ -326,11 +359,25 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, state: Arc<Mutex<State>>) {
             gzip,
             body_bytes: body.len(),
         });
+        let answer_body = state.lock().unwrap().answer;
         let answer = if (200..300).contains(&status) {
-            let ids: Vec<String> = (0..events).map(|i| format!("\"{i:08x}\"")).collect();
-            format!("{{\"event_ids\":[{}]}}", ids.join(","))
+            match answer_body {
+                AnswerBody::EventIds => {
+                    let ids: Vec<String> = (0..events).map(|i| format!("\"{i:08x}\"")).collect();
+                    format!("{{\"event_ids\":[{}]}}", ids.join(","))
+                }
+                AnswerBody::NotJson => "OK".to_string(),
+                AnswerBody::Empty => String::new(),
+            }
+        } else if status == 400 && extra == POISON {
+            POISON_ANSWER.to_string()
         } else {
             format!("{{\"message\":\"status {status}\"}}")
+        };
+        let extra = if extra == POISON {
+            String::new()
+        } else {
+            extra
         };
         let response = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{answer}",
@@ -354,6 +401,9 @@ struct Incoming<'a> {
     body: &'a [u8],
     gzip: bool,
 }
+
+/// Stands for "answer with [`POISON_ANSWER`]" in `handle`'s extra headers (no header).
+const POISON: &str = "\0poison";
 
 /// Normal processing: (status, extra headers, events accepted).
 fn handle(state: &Mutex<State>, req: &Incoming<'_>) -> (u16, String, usize) {
@@ -405,6 +455,25 @@ fn handle(state: &Mutex<State>, req: &Incoming<'_>) -> (u16, String, usize) {
             .collect()
     };
     if timed.iter().any(|(e, _)| escaped_len(e, array) > MAX_EVENT) {
+        return (413, String::new(), 0);
+    }
+    if let Some(p) = &st.poison
+        && timed.iter().any(|(e, _)| e.contains(p.as_str()))
+    {
+        st.poisoned += 1;
+        return (400, POISON.to_string(), 0);
+    }
+    let all = timed.len();
+    let timed: Vec<_> = match &st.drop_marked {
+        Some(m) => timed
+            .into_iter()
+            .filter(|(e, _)| !e.contains(m.as_str()))
+            .collect(),
+        None => timed,
+    };
+    st.dropped += all - timed.len();
+    // As the intake does: the other events of a batch are stored, a 413 when none is.
+    if timed.is_empty() && all > 0 {
         return (413, String::new(), 0);
     }
     let n = timed.len();
