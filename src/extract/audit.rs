@@ -144,29 +144,155 @@ fn object(
         let key = key_str(nodes, j);
         let v = j + 1;
         j += 1 + span(nodes, v);
-        let Some(keep) = rule(rules, key, &mut cursor) else {
-            continue;
-        };
-        let member = out.len();
-        // `key` equals a rule's name, and those need no escaping.
-        clean_member_key(out, written, key);
-        let kept = match keep {
-            Whole => w.value(nodes, v, out, depth + 1),
-            Only(inner) if matches!(nodes[v], Node::Object { .. }) => {
-                object(w, nodes, v, inner, out, bulky_budget, depth + 1)
-            }
-            Only(_) => w.value(nodes, v, out, depth + 1),
-            Bulky => w.bulky_array(nodes, v, out, depth + 1, bulky_budget),
-        };
-        if kept && w.fits(out, depth + 1) {
-            written += 1;
-        } else {
-            out.truncate(member);
+        if let Some(keep) = rule(rules, key, &mut cursor) {
+            written += member(w, nodes, key, v, keep, out, bulky_budget, depth) as usize;
         }
     }
     if written == 0 && depth > 0 {
         out.truncate(start);
         return false;
+    }
+    out.push(b'}');
+    true
+}
+
+/// Writes the member `key` (whose value is `nodes[v]`) of an object at `depth` as `keep`
+/// says, preceded by a comma unless `out` ends with the object's `{`. Returns whether it
+/// was kept (nothing is written otherwise).
+#[allow(clippy::too_many_arguments)]
+fn member(
+    w: &ValueWriter,
+    nodes: &[Node<'_>],
+    key: &str,
+    v: usize,
+    keep: &Keep,
+    out: &mut Vec<u8>,
+    bulky_budget: &mut usize,
+    depth: usize,
+) -> bool {
+    let mark = out.len();
+    let first = out.last() == Some(&b'{');
+    // `key` equals a rule's name, and those need no escaping.
+    clean_member_key(out, usize::from(!first), key);
+    let kept = match keep {
+        Whole => w.value(nodes, v, out, depth + 1),
+        Only(inner) if matches!(nodes[v], Node::Object { .. }) => {
+            object(w, nodes, v, inner, out, bulky_budget, depth + 1)
+        }
+        Only(_) => w.value(nodes, v, out, depth + 1),
+        Bulky => w.bulky_array(nodes, v, out, depth + 1, bulky_budget),
+    };
+    if kept && w.fits(out, depth + 1) {
+        true
+    } else {
+        out.truncate(mark);
+        false
+    }
+}
+
+/// The line as it was before simd-json parsed it (in place), and where the parsed buffer
+/// starts: a string on the tape points into that buffer at the offset its text has in the
+/// line, so a key's offset in `bytes` is its address minus `base`.
+#[derive(Clone, Copy)]
+pub(crate) struct Original<'o> {
+    pub bytes: &'o [u8],
+    pub base: usize,
+}
+
+impl Original<'_> {
+    /// Offset of the opening quote of the key `key` (a string of the parsed tape), checked
+    /// against the copy. `exact` also checks the key's text (a kept key has no escape, so
+    /// it reads the same in the line): the first member of a copied range must be exactly
+    /// where its key says. `None` if anything does not match (the caller falls back).
+    #[inline]
+    fn key_quote(&self, key: &str, exact: bool) -> Option<usize> {
+        let at = (key.as_ptr() as usize).checked_sub(self.base)?;
+        let quote = at.checked_sub(1)?;
+        if self.bytes.get(quote) != Some(&b'"') {
+            return None;
+        }
+        if exact {
+            let end = at.checked_add(key.len())?;
+            if self.bytes.get(at..end)? != key.as_bytes() || self.bytes.get(end) != Some(&b'"') {
+                return None;
+            }
+        }
+        Some(quote)
+    }
+
+    /// Offset of the root object's closing `}` (the line may end in whitespace).
+    fn root_end(&self) -> Option<usize> {
+        let at = self.bytes.iter().rposition(|b| !b.is_ascii_whitespace())?;
+        (self.bytes[at] == b'}').then_some(at)
+    }
+
+    /// Appends the members in `bytes[from..to]`: whole `"key":value` pairs separated by
+    /// commas, followed by whitespace and (when `to` is the next key) the comma before it,
+    /// which are dropped.
+    fn copy_members(&self, out: &mut Vec<u8>, from: usize, to: usize) {
+        let mut range = &self.bytes[from..to];
+        while let [rest @ .., last] = range {
+            if last.is_ascii_whitespace() || *last == b',' {
+                range = rest;
+            } else {
+                break;
+            }
+        }
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(range);
+    }
+}
+
+/// Writes the same pruned event as [`write`] without limits, copying each run of members
+/// kept [whole](Keep::Whole) from the original line as one byte range instead of
+/// re-serialising it from the tape; the members kept in part are written from the tape as
+/// [`write`] does. The result is the same JSON value (ranges keep the line's own spelling:
+/// `\u003c` escapes, number forms, any whitespace inside a value). Returns `false`, with
+/// `out` unchanged, when a key cannot be found in the copy where the tape says (never for
+/// a line simd-json parsed; the caller then uses [`write`]).
+pub(crate) fn write_ranges(nodes: &[Node<'_>], line: Original<'_>, out: &mut Vec<u8>) -> bool {
+    let Node::Object { len, .. } = nodes[0] else {
+        return false;
+    };
+    let Some(root_end) = line.root_end() else {
+        return false;
+    };
+    let w = ValueWriter {
+        drop_empty: false,
+        limits: Limits::NONE,
+    };
+    let start = out.len();
+    out.push(b'{');
+    // Start of the run of whole members not yet copied.
+    let mut run: Option<usize> = None;
+    let (mut cursor, mut j, mut unlimited) = (0, 1, usize::MAX);
+    for _ in 0..len {
+        let key = key_str(nodes, j);
+        let v = j + 1;
+        j += 1 + span(nodes, v);
+        let keep = rule(KEEP, key, &mut cursor);
+        let Some(quote) = line.key_quote(key, keep.is_some() && run.is_none()) else {
+            out.truncate(start);
+            return false;
+        };
+        match keep {
+            Some(Whole) => {
+                run.get_or_insert(quote);
+            }
+            other => {
+                if let Some(from) = run.take() {
+                    line.copy_members(out, from, quote);
+                }
+                if let Some(keep) = other {
+                    member(&w, nodes, key, v, keep, out, &mut unlimited, 0);
+                }
+            }
+        }
+    }
+    if let Some(from) = run {
+        line.copy_members(out, from, root_end);
     }
     out.push(b'}');
     true
