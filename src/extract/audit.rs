@@ -241,8 +241,35 @@ impl Original<'_> {
         if out.last() != Some(&b'{') {
             out.push(b',');
         }
-        out.extend_from_slice(range);
+        extend_unescaping_html(out, range);
     }
+}
+
+/// Appends `json` (whole members: every `\` in it is inside a string) with the escapes Go's
+/// encoder uses for `&`, `<` and `>` (`\u0026`, `\u003c`, `\u003e`; kube-apiserver writes
+/// every `&` of a `requestURI` so) written as the characters, as the tape writer writes them:
+/// 6 bytes each, and 7 once the event is escaped into an `/array` entry, against 1. Other
+/// escapes are copied as they are (the same JSON string).
+fn extend_unescaping_html(out: &mut Vec<u8>, json: &[u8]) {
+    let mut rest = json;
+    while let Some(i) = memchr::memchr(b'\\', rest) {
+        let html = match rest.get(i + 1..i + 6) {
+            Some(b"u0026") => Some(b'&'),
+            Some(b"u003c") => Some(b'<'),
+            Some(b"u003e") => Some(b'>'),
+            _ => None,
+        };
+        // An escape is `\` and one character (`\u` then four hex digits, none a `\`):
+        // stepping over two bytes keeps the scan on escape starts.
+        let (end, skip) = match html {
+            Some(_) => (i, i + 6),
+            None => ((i + 2).min(rest.len()), (i + 2).min(rest.len())),
+        };
+        out.extend_from_slice(&rest[..end]);
+        out.extend(html);
+        rest = &rest[skip..];
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Writes the same pruned event as [`write`] without limits, copying each run of members
