@@ -324,3 +324,32 @@ pub(crate) fn write_ranges(nodes: &[Node<'_>], line: Original<'_>, out: &mut Vec
     out.push(b'}');
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::extend_unescaping_html;
+
+    fn unescaped(json: &str) -> String {
+        let mut out = Vec::new();
+        extend_unescaping_html(&mut out, json.as_bytes());
+        String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
+    }
+
+    #[test]
+    fn only_gos_html_escapes_become_characters() {
+        assert_eq!(
+            unescaped(r#""u":"a\u0026b\u003cc\u003e","v":1"#),
+            r#""u":"a&b<c>","v":1"#
+        );
+        // An escaped backslash before `u0026` is text, not an escape.
+        assert_eq!(unescaped(r#""u":"\\u0026\\\u0026""#), r#""u":"\\u0026\\&""#);
+        // Other escapes are kept as written, including other `\u` and upper-case hex.
+        assert_eq!(
+            unescaped(r#""u":"\"\n\u00e9\u2028\u003C\/""#),
+            r#""u":"\"\n\u00e9\u2028\u003C\/""#
+        );
+        // A cut escape at the very end (not valid JSON, never given) does not panic.
+        assert_eq!(unescaped("\"a\\"), "\"a\\");
+        assert_eq!(unescaped("\"a\\u00"), "\"a\\u00");
+    }
+}
