@@ -275,10 +275,13 @@ fn extend_unescaping_html(out: &mut Vec<u8>, json: &[u8]) {
 /// Writes the same pruned event as [`write`] without limits, copying each run of members
 /// kept [whole](Keep::Whole) from the original line as one byte range instead of
 /// re-serialising it from the tape; the members kept in part are written from the tape as
-/// [`write`] does. The result is the same JSON value (ranges keep the line's own spelling:
-/// `\u003c` escapes, number forms, any whitespace inside a value). Returns `false`, with
-/// `out` unchanged, when a key cannot be found in the copy where the tape says (never for
-/// a line simd-json parsed; the caller then uses [`write`]).
+/// [`write`] does. The result is the same JSON value: ranges keep the line's own spelling of
+/// numbers, of whitespace inside a value and of escapes other than Go's `\u0026`, `\u003c`
+/// and `\u003e` (so the real samples come out byte for byte as from [`write`]; Go's
+/// `\u2028` would not). Returns `false`, with `out` unchanged, when the key opening a run of
+/// copied members is not spelled in the line as its rule names it (an escaped spelling such
+/// as `"ki\u006ed"`), or a key is not found in the copy where the tape says (not seen for a
+/// line simd-json parsed); the caller then uses [`write`].
 pub(crate) fn write_ranges(nodes: &[Node<'_>], line: Original<'_>, out: &mut Vec<u8>) -> bool {
     let Node::Object { len, .. } = nodes[0] else {
         return false;
