@@ -181,7 +181,10 @@ type Variant = fn(&[Vec<u8>], &mut State) -> usize;
 struct State {
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// The default extractor: the `audit` writer copies byte ranges of the line.
     extractor: Extractor,
+    /// The `audit` writer re-serialising everything from the tape (the writer before).
+    tape_writer: Extractor,
     buffers: simd_json::Buffers,
 }
 
@@ -193,33 +196,54 @@ fn load<'a>(buf: &'a mut Vec<u8>, line: &[u8]) -> &'a mut Vec<u8> {
     buf
 }
 
-fn ours(lines: &[Vec<u8>], s: &mut State, format: Format) -> usize {
+fn ours(lines: &[Vec<u8>], s: &mut State, format: Format, ranges: bool) -> usize {
     let mut n = 0;
+    let x = if ranges {
+        &mut s.extractor
+    } else {
+        &mut s.tape_writer
+    };
     for line in lines {
         let buf = load(&mut s.buf, line);
         s.out.clear();
-        s.extractor
-            .extract(buf, line.len(), format, &mut s.out)
-            .unwrap();
+        x.extract(buf, line.len(), format, &mut s.out).unwrap();
         n += s.out.len();
     }
     n
 }
 
 fn ours_audit(lines: &[Vec<u8>], s: &mut State) -> usize {
-    ours(lines, s, Format::Audit)
+    ours(lines, s, Format::Audit, true)
+}
+
+fn ours_audit_tape(lines: &[Vec<u8>], s: &mut State) -> usize {
+    ours(lines, s, Format::Audit, false)
 }
 
 fn ours_ecs(lines: &[Vec<u8>], s: &mut State) -> usize {
-    ours(lines, s, Format::Ecs)
+    ours(lines, s, Format::Ecs, true)
 }
 
 /// Parse and locate the fields only: the same work the baseline does.
 fn ours_locate(lines: &[Vec<u8>], s: &mut State) -> usize {
+    locate(lines, s, false)
+}
+
+/// As `ours_locate`, plus the copy of the line the byte-range writer needs: its cost alone.
+fn ours_locate_copy(lines: &[Vec<u8>], s: &mut State) -> usize {
+    locate(lines, s, true)
+}
+
+fn locate(lines: &[Vec<u8>], s: &mut State, copy: bool) -> usize {
     let mut n = 0;
+    let x = if copy {
+        &mut s.extractor
+    } else {
+        &mut s.tape_writer
+    };
     for line in lines {
         let buf = load(&mut s.buf, line);
-        let event = s.extractor.parse(buf, line.len()).unwrap();
+        let event = x.parse(buf, line.len()).unwrap();
         n += event.verb().map_or(0, str::len) + event.audit_id().map_or(0, str::len);
         n += black_box(event.fields())
             .user_name
@@ -327,12 +351,14 @@ fn run(title: &str, lines: &[Vec<u8>], rounds: usize) {
         sorted[sorted.len() - 1]
     );
 
-    let variants: [(&str, Variant); 6] = [
+    let variants: [(&str, Variant); 8] = [
         ("serde_json borrowed struct (baseline)", serde_struct),
         ("serde_json struct → JSON (full path)", serde_roundtrip),
         ("simd-json DOM (to_borrowed_value)", simd_dom),
         ("ours: parse + locate fields", ours_locate),
-        ("ours: extract → audit (full path)", ours_audit),
+        ("ours: parse + locate + copy of the line", ours_locate_copy),
+        ("ours: extract → audit, tape writer", ours_audit_tape),
+        ("ours: extract → audit, byte ranges", ours_audit),
         ("ours: extract → ecs (full path)", ours_ecs),
     ];
     // BENCH_ONLY=substring runs just the matching variants (for profiling one of them);
@@ -346,13 +372,16 @@ fn run(title: &str, lines: &[Vec<u8>], rounds: usize) {
         buf: Vec::new(),
         out: Vec::new(),
         extractor: Extractor::new(),
+        tape_writer: Extractor::new().with_byte_ranges(false),
         buffers: simd_json::Buffers::new(64 * 1024),
     };
     // Interleaved rounds: drifting machine load hits every variant alike.
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
-    for (_, f) in &variants {
-        black_box(f(lines, &mut state)); // warm-up
-    }
+    // Warm-up; the output bytes of each variant (for the writers: the size of the form).
+    let outs: Vec<usize> = variants
+        .iter()
+        .map(|(_, f)| black_box(f(lines, &mut state)))
+        .collect();
     for _ in 0..rounds {
         for (i, (_, f)) in variants.iter().enumerate() {
             let start = thread_cpu_time();
@@ -366,16 +395,18 @@ fn run(title: &str, lines: &[Vec<u8>], rounds: usize) {
     };
     let medians: Vec<f64> = times.iter_mut().map(median).collect();
     println!(
-        "{:<40} {:>10} {:>12} {:>12}",
-        "variant", "MB/s", "events/s", "vs baseline"
+        "{:<40} {:>10} {:>12} {:>12} {:>10} {:>12}",
+        "variant", "MB/s", "events/s", "vs baseline", "median s", "out bytes"
     );
     for (i, (name, _)) in variants.iter().enumerate() {
         println!(
-            "{:<40} {:>10.1} {:>12.0} {:>11.2}x",
+            "{:<40} {:>10.1} {:>12.0} {:>11.2}x {:>10.4} {:>12}",
             name,
             bytes as f64 / 1e6 / medians[i],
             lines.len() as f64 / medians[i],
-            medians[0] / medians[i]
+            medians[0] / medians[i],
+            medians[i],
+            outs[i]
         );
     }
 }

@@ -95,6 +95,10 @@ fn check_reaches_the_intake_and_stores_nothing() {
         "{out}"
     );
     assert!(!out.contains("key accepted"), "{out}");
+    assert!(
+        out.contains("\nintake_format: array (POST /array, each event with its own "),
+        "{out}"
+    );
     assert_eq!(intake.requests().len(), 1, "one probe");
     stored_nothing(&intake, &out);
 
@@ -109,6 +113,16 @@ fn check_reaches_the_intake_and_stores_nothing() {
     );
     assert!(!out.contains("wrong-key-3c1"), "{out}");
     stored_nothing(&intake, &out);
+
+    // The other format is named with the time spread of its batches.
+    let extra = "intake_format: plain_batch\nevent_time_spread: 2\n";
+    let cfg = config(&dir, &intake.url, &intake.ca_file, &[&key()], extra);
+    let (code, out) = check(&cfg, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\nintake_format: plain_batch (POST /plain/batch, one time per request, a batch spanning at most 2s of event time)\n"),
+        "{out}"
+    );
 
     // Whatever else the endpoint answers, it was reached: DNS, TLS and the route work.
     intake.force_status(Some(405));

@@ -8,6 +8,7 @@
 //! one record labelled `"kind":"KubeAuditShipperCheck"` (with the host, the version and the
 //! time) per distinct intake and key.
 
+use crate::batch::IntakeFormat;
 use crate::config::{Config, Webhook};
 use crate::intake::{Answer, Sender};
 use crate::run::{spool_dir, webhook_spool_dir};
@@ -55,6 +56,7 @@ pub fn run(config: &Path, mode: IntakeCheck) -> Result<bool, String> {
         "batches: up to {} bytes / {} events / {:?} linger, gzip level {}, {:?} form",
         cfg.batch.max_bytes, cfg.batch.max_events, cfg.batch.linger, cfg.batch.level, cfg.format
     );
+    println!("{}", intake_format_line(&cfg));
     check_state_dir(&cfg, &mut problems);
     match cfg.metrics_address {
         Some(a) => println!("metrics: http://{a}/metrics and /healthz"),
@@ -140,6 +142,22 @@ fn print_spool(cap: u64, dir: &Path) {
 /// What `run` would do with the state directory, found without changing anything: `check`
 /// may run on a production node beside the service, and must not create directories or
 /// files there (nor take the service's lock).
+/// Which endpoint `run` posts to and what time each event carries there: the one setting
+/// that changes what the intake stores as the events' time.
+fn intake_format_line(cfg: &Config) -> String {
+    match cfg.intake_format {
+        IntakeFormat::Array => format!(
+            "intake_format: {} (POST /array, each event with its own requestReceivedTimestamp)",
+            cfg.intake_format.name()
+        ),
+        IntakeFormat::PlainBatch => format!(
+            "intake_format: {} (POST /plain/batch, one time per request, a batch spanning at most {:?} of event time)",
+            cfg.intake_format.name(),
+            cfg.batch.max_spread
+        ),
+    }
+}
+
 fn check_state_dir(cfg: &Config, problems: &mut Vec<String>) {
     let dir = &cfg.state_dir;
     let fix = "create it for the service's user (mode 0700), or set `state_dir:` to a \

@@ -144,24 +144,8 @@ fn object(
         let key = key_str(nodes, j);
         let v = j + 1;
         j += 1 + span(nodes, v);
-        let Some(keep) = rule(rules, key, &mut cursor) else {
-            continue;
-        };
-        let member = out.len();
-        // `key` equals a rule's name, and those need no escaping.
-        clean_member_key(out, written, key);
-        let kept = match keep {
-            Whole => w.value(nodes, v, out, depth + 1),
-            Only(inner) if matches!(nodes[v], Node::Object { .. }) => {
-                object(w, nodes, v, inner, out, bulky_budget, depth + 1)
-            }
-            Only(_) => w.value(nodes, v, out, depth + 1),
-            Bulky => w.bulky_array(nodes, v, out, depth + 1, bulky_budget),
-        };
-        if kept && w.fits(out, depth + 1) {
-            written += 1;
-        } else {
-            out.truncate(member);
+        if let Some(keep) = rule(rules, key, &mut cursor) {
+            written += member(w, nodes, key, v, keep, out, bulky_budget, depth) as usize;
         }
     }
     if written == 0 && depth > 0 {
@@ -170,4 +154,205 @@ fn object(
     }
     out.push(b'}');
     true
+}
+
+/// Writes the member `key` (whose value is `nodes[v]`) of an object at `depth` as `keep`
+/// says, preceded by a comma unless `out` ends with the object's `{`. Returns whether it
+/// was kept (nothing is written otherwise).
+#[allow(clippy::too_many_arguments)]
+fn member(
+    w: &ValueWriter,
+    nodes: &[Node<'_>],
+    key: &str,
+    v: usize,
+    keep: &Keep,
+    out: &mut Vec<u8>,
+    bulky_budget: &mut usize,
+    depth: usize,
+) -> bool {
+    let mark = out.len();
+    let first = out.last() == Some(&b'{');
+    // `key` equals a rule's name, and those need no escaping.
+    clean_member_key(out, usize::from(!first), key);
+    let kept = match keep {
+        Whole => w.value(nodes, v, out, depth + 1),
+        Only(inner) if matches!(nodes[v], Node::Object { .. }) => {
+            object(w, nodes, v, inner, out, bulky_budget, depth + 1)
+        }
+        Only(_) => w.value(nodes, v, out, depth + 1),
+        Bulky => w.bulky_array(nodes, v, out, depth + 1, bulky_budget),
+    };
+    if kept && w.fits(out, depth + 1) {
+        true
+    } else {
+        out.truncate(mark);
+        false
+    }
+}
+
+/// The line as it was before simd-json parsed it (in place), and where the parsed buffer
+/// starts: a string on the tape points into that buffer at the offset its text has in the
+/// line, so a key's offset in `bytes` is its address minus `base`.
+#[derive(Clone, Copy)]
+pub(crate) struct Original<'o> {
+    pub bytes: &'o [u8],
+    pub base: usize,
+}
+
+impl Original<'_> {
+    /// Offset of the opening quote of the key `key` (a string of the parsed tape), checked
+    /// against the copy. `exact` also checks the key's text (a kept key has no escape, so
+    /// it reads the same in the line): the first member of a copied range must be exactly
+    /// where its key says. `None` if anything does not match (the caller falls back).
+    #[inline]
+    fn key_quote(&self, key: &str, exact: bool) -> Option<usize> {
+        let at = (key.as_ptr() as usize).checked_sub(self.base)?;
+        let quote = at.checked_sub(1)?;
+        if self.bytes.get(quote) != Some(&b'"') {
+            return None;
+        }
+        if exact {
+            let end = at.checked_add(key.len())?;
+            if self.bytes.get(at..end)? != key.as_bytes() || self.bytes.get(end) != Some(&b'"') {
+                return None;
+            }
+        }
+        Some(quote)
+    }
+
+    /// Offset of the root object's closing `}` (the line may end in whitespace).
+    fn root_end(&self) -> Option<usize> {
+        let at = self.bytes.iter().rposition(|b| !b.is_ascii_whitespace())?;
+        (self.bytes[at] == b'}').then_some(at)
+    }
+
+    /// Appends the members in `bytes[from..to]`: whole `"key":value` pairs separated by
+    /// commas, followed by whitespace and (when `to` is the next key) the comma before it,
+    /// which are dropped.
+    fn copy_members(&self, out: &mut Vec<u8>, from: usize, to: usize) {
+        let mut range = &self.bytes[from..to];
+        while let [rest @ .., last] = range {
+            if last.is_ascii_whitespace() || *last == b',' {
+                range = rest;
+            } else {
+                break;
+            }
+        }
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        extend_unescaping_html(out, range);
+    }
+}
+
+/// Appends `json` (whole members: every `\` in it is inside a string) with the escapes Go's
+/// encoder uses for `&`, `<` and `>` (`\u0026`, `\u003c`, `\u003e`; kube-apiserver writes
+/// every `&` of a `requestURI` so) written as the characters, as the tape writer writes them:
+/// 6 bytes each, and 7 once the event is escaped into an `/array` entry, against 1. Other
+/// escapes are copied as they are (the same JSON string).
+fn extend_unescaping_html(out: &mut Vec<u8>, json: &[u8]) {
+    let mut rest = json;
+    while let Some(i) = memchr::memchr(b'\\', rest) {
+        let html = match rest.get(i + 1..i + 6) {
+            Some(b"u0026") => Some(b'&'),
+            Some(b"u003c") => Some(b'<'),
+            Some(b"u003e") => Some(b'>'),
+            _ => None,
+        };
+        // An escape is `\` and one character (`\u` then four hex digits, none a `\`):
+        // stepping over two bytes keeps the scan on escape starts.
+        let (end, skip) = match html {
+            Some(_) => (i, i + 6),
+            None => ((i + 2).min(rest.len()), (i + 2).min(rest.len())),
+        };
+        out.extend_from_slice(&rest[..end]);
+        out.extend(html);
+        rest = &rest[skip..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// Writes the same pruned event as [`write`] without limits, copying each run of members
+/// kept [whole](Keep::Whole) from the original line as one byte range instead of
+/// re-serialising it from the tape; the members kept in part are written from the tape as
+/// [`write`] does. The result is the same JSON value: ranges keep the line's own spelling of
+/// numbers, of whitespace inside a value and of escapes other than Go's `\u0026`, `\u003c`
+/// and `\u003e` (so the real samples come out byte for byte as from [`write`]; Go's
+/// `\u2028` would not). Returns `false`, with `out` unchanged, when the key opening a run of
+/// copied members is not spelled in the line as its rule names it (an escaped spelling such
+/// as `"ki\u006ed"`), or a key is not found in the copy where the tape says (not seen for a
+/// line simd-json parsed); the caller then uses [`write`].
+pub(crate) fn write_ranges(nodes: &[Node<'_>], line: Original<'_>, out: &mut Vec<u8>) -> bool {
+    let Node::Object { len, .. } = nodes[0] else {
+        return false;
+    };
+    let Some(root_end) = line.root_end() else {
+        return false;
+    };
+    let w = ValueWriter {
+        drop_empty: false,
+        limits: Limits::NONE,
+    };
+    let start = out.len();
+    out.push(b'{');
+    // Start of the run of whole members not yet copied.
+    let mut run: Option<usize> = None;
+    let (mut cursor, mut j, mut unlimited) = (0, 1, usize::MAX);
+    for _ in 0..len {
+        let key = key_str(nodes, j);
+        let v = j + 1;
+        j += 1 + span(nodes, v);
+        let keep = rule(KEEP, key, &mut cursor);
+        let Some(quote) = line.key_quote(key, keep.is_some() && run.is_none()) else {
+            out.truncate(start);
+            return false;
+        };
+        match keep {
+            Some(Whole) => {
+                run.get_or_insert(quote);
+            }
+            other => {
+                if let Some(from) = run.take() {
+                    line.copy_members(out, from, quote);
+                }
+                if let Some(keep) = other {
+                    member(&w, nodes, key, v, keep, out, &mut unlimited, 0);
+                }
+            }
+        }
+    }
+    if let Some(from) = run {
+        line.copy_members(out, from, root_end);
+    }
+    out.push(b'}');
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extend_unescaping_html;
+
+    fn unescaped(json: &str) -> String {
+        let mut out = Vec::new();
+        extend_unescaping_html(&mut out, json.as_bytes());
+        String::from_utf8(out).expect("UTF-8 in, UTF-8 out")
+    }
+
+    #[test]
+    fn only_gos_html_escapes_become_characters() {
+        assert_eq!(
+            unescaped(r#""u":"a\u0026b\u003cc\u003e","v":1"#),
+            r#""u":"a&b<c>","v":1"#
+        );
+        // An escaped backslash before `u0026` is text, not an escape.
+        assert_eq!(unescaped(r#""u":"\\u0026\\\u0026""#), r#""u":"\\u0026\\&""#);
+        // Other escapes are kept as written, including other `\u` and upper-case hex.
+        assert_eq!(
+            unescaped(r#""u":"\"\n\u00e9\u2028\u003C\/""#),
+            r#""u":"\"\n\u00e9\u2028\u003C\/""#
+        );
+        // A cut escape at the very end (not valid JSON, never given) does not panic.
+        assert_eq!(unescaped("\"a\\"), "\"a\\");
+        assert_eq!(unescaped("\"a\\u00"), "\"a\\u00");
+    }
 }

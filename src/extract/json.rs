@@ -29,6 +29,11 @@ impl Limits {
         string_cap: usize::MAX,
         hard_end: usize::MAX,
     };
+
+    /// Whether these are [`Limits::NONE`].
+    pub fn is_none(&self) -> bool {
+        self.string_cap == usize::MAX && self.hard_end == usize::MAX
+    }
 }
 
 /// Writes tape values. `drop_empty` implements the `ecs` rule that empty strings, nulls and

@@ -256,6 +256,10 @@ pub struct Extractor {
     tape: Tape<'static>,
     roles: Vec<u32>,
     max_event_bytes: usize,
+    /// Whether the `audit` form copies kept members from the line (see [`Extractor::parse`]).
+    byte_ranges: bool,
+    /// The current line as it was before parsing, when `byte_ranges`.
+    original: Vec<u8>,
 }
 
 impl Default for Extractor {
@@ -271,7 +275,18 @@ impl Extractor {
             tape: Tape(Vec::new()),
             roles: Vec::new(),
             max_event_bytes: MAX_EVENT_BYTES,
+            byte_ranges: true,
+            original: Vec::new(),
         }
+    }
+
+    /// Whether the `audit` form copies the members it keeps whole from the line as byte
+    /// ranges (the default) or re-serialises them from the tape. Both give the same JSON
+    /// value; the ranges cost one copy of the line per parse and save most of the writing
+    /// (BENCHMARKS.md §2). Off, nothing is copied.
+    pub fn with_byte_ranges(mut self, on: bool) -> Extractor {
+        self.byte_ranges = on;
+        self
     }
 
     /// Sets the largest `audit`/`ecs` output (at least 1 KiB, so a trimmed event still
@@ -299,12 +314,33 @@ impl Extractor {
         buf: &'a mut [u8],
         len: usize,
     ) -> Result<Event<'a>, ExtractError> {
+        let keep = self.byte_ranges;
+        self.parse_keeping(buf, len, keep)
+    }
+
+    /// [`Extractor::parse`]; `keep_original` copies the line first, for the `audit` writer's
+    /// byte ranges (simd-json rewrites escaped strings in place, so the parsed buffer no
+    /// longer holds the line; structural characters and unescaped text stay where they were,
+    /// which is what lets a tape string's address give its offset in the copy).
+    fn parse_keeping<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        len: usize,
+        keep_original: bool,
+    ) -> Result<Event<'a>, ExtractError> {
         let Extractor {
             buffers,
             tape: home,
             roles,
             max_event_bytes,
+            original,
+            ..
         } = self;
+        original.clear();
+        if keep_original {
+            original.extend_from_slice(&buf[..len.min(buf.len())]);
+        }
+        let base = buf.as_ptr() as usize;
         // Only a document that opens an object or array can be cut off between its members
         // (read now: the parse borrows the line).
         let root = match buf[..len.min(buf.len())]
@@ -361,6 +397,10 @@ impl Extractor {
             fields,
             raw_len: len,
             max_event_bytes: *max_event_bytes,
+            original: audit::Original {
+                bytes: original,
+                base,
+            },
         })
     }
 
@@ -379,15 +419,19 @@ impl Extractor {
                 // Copy before parsing rewrites the line; validate, then keep the copy.
                 let start = out.len();
                 out.extend_from_slice(&buf[..len]);
-                let result = self.parse(buf, len).map(|_| Written::default());
+                let result = self
+                    .parse_keeping(buf, len, false)
+                    .map(|_| Written::default());
                 if result.is_err() {
                     out.truncate(start);
                 }
                 result
             }
-            _ => self
-                .parse(buf, len)
-                .map(|mut event| event.write(format, out)),
+            _ => {
+                let keep = self.byte_ranges && format == Format::Audit;
+                self.parse_keeping(buf, len, keep)
+                    .map(|mut event| event.write(format, out))
+            }
         };
         // The event (and its borrow of the line) is gone: the line can be read again.
         result.map_err(|e| e.pinpoint(&buf[..len.min(buf.len())]))
@@ -402,6 +446,8 @@ pub struct Event<'a> {
     fields: Fields,
     raw_len: usize,
     max_event_bytes: usize,
+    /// The line before parsing (empty when not kept).
+    original: audit::Original<'a>,
 }
 
 impl Drop for Event<'_> {
@@ -608,7 +654,16 @@ impl<'a> Event<'a> {
     fn render(&mut self, format: Format, out: &mut Vec<u8>, limits: Limits, bulky: &mut usize) {
         match format {
             Format::Ecs => ecs::write(&self.tape.0, &self.fields, out, limits, bulky, self.roles),
-            Format::Audit | Format::Raw => audit::write(&self.tape.0, out, limits, bulky),
+            Format::Audit | Format::Raw => {
+                // Byte ranges only for the untrimmed form: trimming cuts inside values.
+                let ranges = !self.original.bytes.is_empty()
+                    && limits.is_none()
+                    && *bulky == usize::MAX
+                    && audit::write_ranges(&self.tape.0, self.original, out);
+                if !ranges {
+                    audit::write(&self.tape.0, out, limits, bulky);
+                }
+            }
         }
     }
 }
