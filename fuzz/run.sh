@@ -9,7 +9,7 @@
 # An empty corpus (corpus/TARGET) is seeded first: extract's with the real and seed events of
 # tests/fixtures, one event per file; the others' with the files of seeds/TARGET (config:
 # the configurations of README.md, deploy/, systemd/, the tests and the demo; eventlist:
-# EventLists of ../shared/samples/ events, good and bad). Crashes land
+# EventLists of ../shared/samples/ events, good and bad, and edge cases of the envelope). Crashes land
 # in artifacts/TARGET; minimized ones that were found are kept in regressions/TARGET
 # (`cargo +nightly fuzz run TARGET regressions/TARGET/FILE` replays one; each fails until its
 # bug is fixed; the ones found so far are).
