@@ -4,7 +4,10 @@
 #     `systemd-analyze security --offline` (exposure must stay at or under 2.5);
 #   - every YAML file parses; Kubernetes objects, audit policies and shipper configs have the
 #     structure they need, and the files agree with each other (paths, ports, names);
-#   - `kubectl kustomize deploy/k3s` renders, when kubectl is installed.
+#   - `kubectl kustomize deploy/k3s` renders, when kubectl is installed;
+#   - deploy/k3s-webhook: make-certs.sh makes certificates that verify, and (BINARY a built
+#     kube-audit-shipper, curl installed) the shipped webhook config answers an EventList
+#     posted over TLS with the API server's client certificate, and refuses other clients.
 #
 # Usage: bash deploy/validate.sh [BINARY]
 #   BINARY: the executable the unit's ExecStart is pointed at for `verify`, which only checks
@@ -119,7 +122,7 @@ def check(ok, what):
     return bool(ok)
 
 # --- the shipper's config (keys as src/config/raw.rs accepts them) ---
-TOP = {"logfiles", "region", "intake_url", "state_dir", "spool_max_bytes", "batch_max_bytes",
+TOP = {"logfiles", "webhook", "region", "intake_url", "state_dir", "spool_max_bytes", "batch_max_bytes",
        "batch_max_events", "batch_linger_secs", "gzip_level", "output", "start_at",
        "max_line_bytes", "request_timeout_secs", "ca_file", "client_cert", "client_key",
        "HTTPProxyURL", "metrics_address", "unhealthy_after_secs", "OptimizationRules"}
@@ -127,6 +130,8 @@ TOP = {"logfiles", "region", "intake_url", "state_dir", "spool_max_bytes", "batc
 AGENT = {"roles", "EventBufferCacheSize", "EnableDNSResolutions", "HashesExcludedPaths", "LogMaxSize",
          "LogMaxBackups", "LogCompress", "RemoteOptimizationRules"}
 ENTRY = {"filepath", "intakekey", "intakekey_file", "intakekey_env", "OptimizationRules"}
+WEBHOOK = {"listen", "cert_file", "key_file", "client_ca_file", "max_body_bytes", "intakekey",
+           "intakekey_file", "intakekey_env", "OptimizationRules"}
 KEYS = ("intakekey", "intakekey_file", "intakekey_env")
 # The regions, read from their one table in the source (src/config/regions.rs).
 REGIONS = {"fra1", "fra2", "mco1", "sgp1", "uae1", "usa1"}
@@ -177,9 +182,13 @@ def config_problems(cfg):
         return ["not a mapping"]
     p += [f"unknown key {k!r}" for k in cfg if k not in TOP | AGENT]
     lf = cfg.get("logfiles")
-    if not isinstance(lf, list) or not lf:
-        p.append("logfiles: one or more entries needed")
+    if "webhook" in cfg and lf is None:
         lf = []
+    elif not isinstance(lf, list) or not lf:
+        p.append("logfiles: one or more entries needed (or a webhook: section)")
+        lf = []
+    if "webhook" in cfg:
+        p += webhook_problems(cfg["webhook"])
     for i, e in enumerate(lf):
         if not isinstance(e, dict):
             p.append(f"logfiles[{i}]: not a mapping"); continue
@@ -217,6 +226,42 @@ def config_problems(cfg):
     if "OptimizationRules" in cfg:
         p += rules_problems(cfg["OptimizationRules"], "OptimizationRules")
     return p
+
+def socket(addr):
+    host, _, port = str(addr).rpartition(":")
+    return ipaddress.ip_address(host.strip("[]")), int(port)
+
+def webhook_problems(w):
+    if not isinstance(w, dict):
+        return ["webhook: not a mapping"]
+    p = [f"webhook: unknown key {k!r}" for k in w if k not in WEBHOOK]
+    n = sum(k in w for k in KEYS)
+    if n != 1:
+        p.append(f"webhook: exactly one of {', '.join(KEYS)} (found {n})")
+    if ("cert_file" in w) != ("key_file" in w):
+        p.append("webhook: cert_file and key_file go together")
+    if "client_ca_file" in w and "cert_file" not in w:
+        p.append("webhook: client_ca_file needs TLS (cert_file, key_file)")
+    for k in ("cert_file", "key_file", "client_ca_file", "intakekey_file"):
+        if k in w and not str(w[k]).startswith("/"):
+            p.append(f"webhook.{k}: an absolute path is needed")
+    try:
+        ip, _ = socket(w.get("listen", "127.0.0.1:9881"))
+        if "cert_file" not in w and not ip.is_loopback:
+            p.append(f"webhook.listen {w.get('listen')}: plain HTTP only on loopback")
+    except ValueError:
+        p.append(f"webhook.listen {w.get('listen')!r}: IP:PORT")
+    if "max_body_bytes" in w and not BYTES.match(str(w["max_body_bytes"])):
+        p.append(f"webhook.max_body_bytes {w['max_body_bytes']!r}: not a byte count")
+    if "OptimizationRules" in w:
+        p += rules_problems(w["OptimizationRules"], "webhook.OptimizationRules")
+    return p
+
+def byte_count(v):
+    m = re.match(r"^(\d+)\s*([A-Za-z]*)$", str(v))
+    mult = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KiB": 1024, "M": 10**6, "MB": 10**6,
+            "MiB": 2**20, "G": 10**9, "GB": 10**9, "GiB": 2**30}
+    return int(m.group(1)) * mult[m.group(2)] if m and m.group(2) in mult else None
 
 def metrics_socket(cfg):
     addr = str(cfg.get("metrics_address", "127.0.0.1:9880"))
@@ -296,6 +341,8 @@ objects = []      # (file, doc) of Kubernetes objects
 configs = []      # (where, config)
 policies = []
 kustomizations = []
+kubeconfigs = []  # the audit webhook's kubeconfig (the API server reads it)
+k3s_configs = []  # /etc/rancher/k3s/config.yaml snippets
 for f, ds in docs.items():
     for d in ds:
         if not isinstance(d, dict):
@@ -304,7 +351,11 @@ for f, ds in docs.items():
             policies.append((f, d))
         elif d.get("kind") == "Kustomization" or os.path.basename(f) == "kustomization.yaml":
             kustomizations.append((f, d))
-        elif "logfiles" in d:
+        elif d.get("apiVersion") == "v1" and d.get("kind") == "Config":
+            kubeconfigs.append((f, d))
+        elif "kube-apiserver-arg" in d:
+            k3s_configs.append((f, d))
+        elif "logfiles" in d or "webhook" in d:
             configs.append((f, d))
         elif "apiVersion" in d or "kind" in d:
             objects.append((f, d))
@@ -340,7 +391,7 @@ for f, d in by_kind.get("ConfigMap", []):
 
 for where, cfg in configs:
     p = config_problems(cfg)
-    check(not p, f"{where}: shipper config" + (": " + "; ".join(p) if p else " (logfiles with filepath and one key source)"))
+    check(not p, f"{where}: shipper config" + (": " + "; ".join(p) if p else " (inputs with a key source each)"))
 
 for f, d in policies:
     p = policy_problems(d)
@@ -486,6 +537,66 @@ check(ep[1:3] == ["run", "--config"] and ep[3:] == [exec_start[3]] and container
 check(any(l.startswith("COPY ") and l.split()[-1] == ep[0] for l in instr) if ep else False,
       "deploy/Containerfile: COPY puts the binary at the ENTRYPOINT's path")
 
+# The audit webhook for k3s (deploy/k3s-webhook/): the API server's kubeconfig and flags,
+# and the shipper's webhook config, agree with each other.
+def named(items, name):
+    return next((x for x in items or [] if isinstance(x, dict) and x.get("name") == name), None)
+
+AUDIT_FLAGS = {"audit-policy-file", "audit-webhook-config-file", "audit-webhook-mode",
+               "audit-webhook-initial-backoff", "audit-webhook-version",
+               "audit-webhook-batch-buffer-size", "audit-webhook-batch-max-size",
+               "audit-webhook-batch-max-wait", "audit-webhook-batch-throttle-enable",
+               "audit-webhook-batch-throttle-qps", "audit-webhook-batch-throttle-burst",
+               "audit-webhook-truncate-enabled", "audit-webhook-truncate-max-batch-size",
+               "audit-webhook-truncate-max-event-size"}
+DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
+for f, kc in kubeconfigs:
+    base = os.path.dirname(f)
+    ctx = named(kc.get("contexts"), kc.get("current-context"))
+    ctx = (ctx or {}).get("context") or {}
+    cluster = (named(kc.get("clusters"), ctx.get("cluster")) or {}).get("cluster") or {}
+    user = (named(kc.get("users"), ctx.get("user")) or {}).get("user") or {}
+    server = str(cluster.get("server", ""))
+    files = [cluster.get("certificate-authority"), user.get("client-certificate"), user.get("client-key")]
+    check(server.startswith("https://") and all(isinstance(x, str) and x.startswith("/") for x in files)
+          and len({os.path.dirname(x) for x in files}) == 1,
+          f"{f}: current-context {kc.get('current-context')!r}: server {server}, certificate-authority, "
+          "client-certificate and client-key (absolute, one directory)")
+    hostport = server.partition("://")[2].partition("/")[0]
+    shipper = [(w, c) for w, c in configs if os.path.dirname(w.split(" ")[0]) == base and "webhook" in c]
+    k3s = [(w, c) for w, c in k3s_configs if os.path.dirname(w) == base]
+    if check(len(shipper) == 1, f"{base}: one shipper config with a webhook: section beside {f}"):
+        w = shipper[0][1]["webhook"]
+        check(str(w.get("listen", "127.0.0.1:9881")) == hostport,
+              f"{base}: the API server posts to {hostport}, where the shipper listens ({w.get('listen', '127.0.0.1:9881')})")
+        check("cert_file" in w and "client_ca_file" in w
+              and os.path.basename(str(w["client_ca_file"])) == os.path.basename(str(files[0])),
+              f"{base}: TLS with a required client certificate, one CA on both sides ({os.path.basename(str(files[0]))})")
+        limit = byte_count(w.get("max_body_bytes", "64MiB"))
+    else:
+        limit = None
+    if not check(len(k3s) == 1, f"{base}: one k3s config (kube-apiserver-arg) beside {f}"):
+        continue
+    args = {}
+    for a in k3s[0][1].get("kube-apiserver-arg") or []:
+        k, _, v = str(a).partition("=")
+        args[k] = v
+    unknown = sorted(set(args) - AUDIT_FLAGS)
+    check(not unknown, f"{k3s[0][0]}: audit flags only, each known" + (f"; unknown: {unknown}" if unknown else ""))
+    check(args.get("audit-webhook-config-file") == os.path.join(os.path.dirname(str(files[0])), "kubeconfig.yaml"),
+          f"{k3s[0][0]}: audit-webhook-config-file is the kubeconfig beside its certificates")
+    check(args.get("audit-webhook-mode", "batch") in {"batch", "blocking", "blocking-strict"},
+          f"{k3s[0][0]}: audit-webhook-mode {args.get('audit-webhook-mode', 'batch')}")
+    check(args.get("audit-policy-file", "").startswith("/"), f"{k3s[0][0]}: audit-policy-file set (no policy: no events)")
+    durations = [k for k in args if k.endswith(("-wait", "-backoff"))]
+    ints = [k for k in args if k.endswith(("-size", "-qps", "-burst"))]
+    check(all(DURATION.match(args[k]) for k in durations) and all(re.match(r"^\d+(\.\d+)?$", args[k]) for k in ints),
+          f"{k3s[0][0]}: durations and numbers well formed")
+    if limit is not None:
+        batch = int(args["audit-webhook-truncate-max-batch-size"]) if args.get("audit-webhook-truncate-enabled") == "true" else None
+        check(batch is not None and batch < limit,
+              f"{k3s[0][0]}: batches truncated below the shipper's max_body_bytes ({batch} < {limit}): a larger body is refused (413) and not retried")
+
 # Alert rules use only the metrics the service exports (series names in src/metrics.rs).
 exported = set(re.findall(r'"([a-z_]+)"', open("src/metrics.rs").read()))
 for f, d in by_kind.get("PrometheusRule", []):
@@ -504,6 +615,61 @@ passed=$((passed + $(grep -c '^PASS' "$tmp/py.out" || true)))
 failed=$((failed + $(grep -c '^FAIL' "$tmp/py.out" || true)))
 if [ "$rc" -ne 0 ] && ! grep -q '^FAIL' "$tmp/py.out"; then
     fail "YAML checks: python exited $rc"
+fi
+
+# --- (c) the audit webhook: its certificates, and the TLS link through BINARY ----------------
+wh=deploy/k3s-webhook
+pki="$tmp/pki"
+if bash "$wh/make-certs.sh" "$pki" 30 >/dev/null 2>"$tmp/pki.err"; then
+    san=$(openssl x509 -in "$pki/server.crt" -noout -ext subjectAltName 2>/dev/null | tail -n 1 | tr -d ' ')
+    if openssl verify -CAfile "$pki/ca.crt" -purpose sslserver "$pki/server.crt" >/dev/null 2>&1 &&
+        openssl verify -CAfile "$pki/ca.crt" -purpose sslclient "$pki/client.crt" >/dev/null 2>&1 &&
+        ! openssl verify -CAfile "$pki/ca.crt" -purpose sslserver "$pki/client.crt" >/dev/null 2>&1 &&
+        [ "$san" = "IPAddress:127.0.0.1" ]; then
+        pass "$wh/make-certs.sh: a CA, a server certificate for IP 127.0.0.1 and a client-only certificate, both verified"
+    else
+        fail "$wh/make-certs.sh: certificates (subjectAltName '$san', or a purpose check failed)"
+    fi
+else
+    fail "$wh/make-certs.sh: $(head -c 300 "$tmp/pki.err")"
+fi
+# The shipper's webhook config as shipped, its files in $tmp: the API server's side played by
+# curl with the kubeconfig's client certificate.
+if [ "$(basename "$bin")" = kube-audit-shipper ] && [ -f "$pki/client.key" ] && command -v curl >/dev/null 2>&1; then
+    port=$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf 'validate-key\n' >"$tmp/intake.key"
+    chmod 600 "$tmp/intake.key"
+    sed -e "s#/etc/kube-audit-shipper/webhook/#$pki/#" -e "s#/etc/kube-audit-shipper/intake.key#$tmp/intake.key#" \
+        -e "s#127.0.0.1:9881#127.0.0.1:$port#" -e 's#^region: .*#intake_url: https://127.0.0.1:9/#' \
+        -e 's#^metrics_address: .*#metrics_address: off#' "$wh/config.yaml" >"$tmp/webhook.yaml"
+    printf 'state_dir: %s\n' "$tmp/state" >>"$tmp/webhook.yaml"
+    chmod 600 "$tmp/webhook.yaml"
+    printf '{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[%s]}' \
+        "$(head -n 1 tests/fixtures/apiserver-audit.jsonl)" >"$tmp/list.json"
+    RUST_LOG=error "$bin" run --config "$tmp/webhook.yaml" >"$tmp/shipper.log" 2>&1 &
+    shipper=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    post() {
+        curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$pki/ca.crt" \
+            -H 'Content-Type: application/json' "$@" "https://127.0.0.1:$port/" 2>/dev/null || true
+    }
+    with_cert=$(post --cert "$pki/client.crt" --key "$pki/client.key" --data-binary @"$tmp/list.json")
+    bad_body=$(post --cert "$pki/client.crt" --key "$pki/client.key" --data-binary '{"kind":"Event"}')
+    no_cert=$(post --data-binary @"$tmp/list.json")
+    server_cert=$(post --cert "$pki/server.crt" --key "$pki/server.key" --data-binary @"$tmp/list.json")
+    kill "$shipper" 2>/dev/null || true
+    wait "$shipper" 2>/dev/null || true
+    if [ "$with_cert" = 200 ] && [ "$bad_body" = 400 ] && [ "${no_cert:-000}" = 000 ] && [ "${server_cert:-000}" = 000 ]; then
+        pass "$wh/config.yaml through $bin: an EventList over TLS with the client certificate 200, a non-EventList 400, no client certificate or a server-only one refused at the handshake"
+    else
+        fail "$wh/config.yaml through $bin: with the client certificate $with_cert (want 200), bad body $bad_body (400), without ${no_cert:-000} (000), server cert as client ${server_cert:-000} (000)"
+        sed 's/^/      /' "$tmp/shipper.log" | head -20
+    fi
+else
+    echo "SKIP  $wh/config.yaml: the TLS link (needs BINARY = a built kube-audit-shipper, and curl)"
 fi
 
 echo
