@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The audit webhook input (issue 16) against the file input, on the same events, in one run on
-# this machine (BENCHMARKS.md §10): examples/webhook_bench.rs ships the same EventLists of 400
+# this machine (BENCHMARKS.md §9): examples/webhook_bench.rs ships the same EventLists of 400
 # real events (fresh auditIDs) through a tailed audit log, through the webhook over plain HTTP
 # and over TLS with a client certificate, to the local HTTPS intake emulator, and prints
 # events/s, CPU-s per GB of events, intake requests and the time to a durable answer: medians
