@@ -9,9 +9,10 @@
 //! `split` must give exactly what a model of its documented rules gives on that document:
 //! not an object → `NotAnObject`; otherwise the top-level members in order, keys compared as
 //! written (a key spelt with an escape matches nothing), the last `kind`/`apiVersion` taken
-//! as its raw string content (not decoded; "" when not a string), every `items` member an
-//! array (its elements appended, so duplicate `items` keys concatenate) or `null`, else
-//! `NoItems` at once; then the kind, version and items checks in that order. The items must
+//! as its raw string content (not decoded; a value that is not a string: its first 40 bytes
+//! as written), the first `items` member an array or `null`, else `NoItems` at once, and a
+//! second `items` member `TwoItems` at once; then the kind, version and items checks in
+//! that order. The items must
 //! be the same values, byte for byte (serde_json's raw spans). Only a body nested deeper than
 //! `split`'s limit (96 levels below the envelope) may give `TooDeep` instead.
 //!
@@ -93,15 +94,15 @@ fn model(text: &str) -> Result<Vec<&str>, ListError> {
     for (key, value) in members.0 {
         let Key::Plain(key) = key else { continue };
         let raw = value.get();
-        let content = || {
-            raw.strip_prefix('"')
-                .and_then(|s| s.strip_suffix('"'))
-                .unwrap_or_default()
-                .to_string()
+        let content = || match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(inner) => inner.to_string(),
+            None => String::from_utf8_lossy(&raw.as_bytes()[..raw.len().min(40)]).into_owned(),
         };
         match key {
             "kind" => kind = Some(content()),
             "apiVersion" => version = Some(content()),
+            // Where the key is does not matter here (serde gives no offsets): see `same`.
+            "items" if found => return Err(ListError::TwoItems { at: 0 }),
             "items" if raw.starts_with('[') => {
                 let elements: Vec<&RawValue> =
                     serde_json::from_str(raw).expect("an array serde_json accepted");
@@ -216,6 +217,11 @@ fuzz_target!(|body: &[u8]| {
     if depth(body) > MAX_DEPTH && matches!(got_texts, Err(ListError::TooDeep { .. })) {
         return;
     }
+    // The model cannot place a second `items` key; `split`'s position of it is not compared.
+    let got_texts = got_texts.map_err(|e| match e {
+        ListError::TwoItems { .. } => ListError::TwoItems { at: 0 },
+        e => e,
+    });
     assert_eq!(
         got_texts, want,
         "split disagrees with serde_json on valid JSON"

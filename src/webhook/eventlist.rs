@@ -36,6 +36,10 @@ pub enum ListError {
     ApiVersion(Option<String>),
     /// `items` is missing, or not an array (or null).
     NoItems,
+    /// A second `items` key, at byte `at`.
+    TwoItems {
+        at: usize,
+    },
 }
 
 impl fmt::Display for ListError {
@@ -57,6 +61,7 @@ impl fmt::Display for ListError {
                 shown(v)
             ),
             ListError::NoItems => f.write_str("no `items` array"),
+            ListError::TwoItems { at } => write!(f, "a second `items` key at byte {at}"),
         }
     }
 }
@@ -89,20 +94,27 @@ pub fn split(body: &[u8], items: &mut Vec<Range<usize>>) -> Result<(), ListError
             i = s.ws(i);
             let value_at = i;
             match key {
+                // JSON parsers keep the last of a repeated key; which list was meant is not
+                // for this one to guess.
+                b"items" if found_items => return Err(ListError::TwoItems { at: key_at }),
                 b"items" => {
                     i = s.items(i, items)?;
                     found_items = true;
                 }
                 _ => i = s.value(i, 1)?,
             }
+            // A string's text without its quotes; any other value as written (`5`, `{…}`).
             let text = || {
                 let v = &s.b[value_at..i];
-                (v.first() == Some(&b'"'))
-                    .then(|| String::from_utf8_lossy(&v[1..v.len() - 1]).into_owned())
+                let v = match v {
+                    [b'"', inner @ .., b'"'] => inner,
+                    _ => &v[..v.len().min(40)],
+                };
+                String::from_utf8_lossy(v).into_owned()
             };
             match key {
-                b"kind" => kind = Some(text().unwrap_or_default()),
-                b"apiVersion" => version = Some(text().unwrap_or_default()),
+                b"kind" => kind = Some(text()),
+                b"apiVersion" => version = Some(text()),
                 _ => {}
             }
             i = s.ws(i);
