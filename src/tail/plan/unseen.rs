@@ -43,7 +43,7 @@ impl UnseenCheck {
 
     /// After a listing of every log, with `found` summed over their plans.
     pub fn listed(&mut self, found: i64) -> Verdict {
-        let short = (self.created as i64 - found - self.reported as i64).max(0) as u64;
+        let short = self.pending(found);
         if short == 0 {
             self.short_before = false;
             return Verdict::Balanced;
@@ -55,6 +55,11 @@ impl UnseenCheck {
         self.reported += short;
         self.short_before = false;
         Verdict::Unseen(short)
+    }
+
+    /// The shortfall not reported yet, after a listing that found `found`.
+    pub fn pending(&self, found: i64) -> u64 {
+        (self.created as i64 - found - self.reported as i64).max(0) as u64
     }
 
     /// Generations reported unseen so far.
