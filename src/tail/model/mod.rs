@@ -48,6 +48,8 @@ struct Reader {
     counted: u64,
     /// Generations pruned before this start (`Writer::pruned`).
     pruned_base: usize,
+    /// Generations (plain inodes) this incarnation read to their end.
+    read_whole: Vec<usize>,
     unseen: UnseenCheck,
     last_delivered: Option<u64>,
 }
@@ -123,6 +125,7 @@ impl Reader {
             created_base: w.created,
             counted: w.created,
             pruned_base: w.pruned.len(),
+            read_whole: Vec::new(),
             unseen: UnseenCheck::default(),
             last_delivered: None,
         };
@@ -220,9 +223,9 @@ impl Reader {
 
     /// A rescan, as `Tailer::scan` does it: inotify's count of created files is taken, the
     /// directory listed, and the count checked against the generations found. A shortfall
-    /// reported must be generations really pruned since the start with lines never delivered:
-    /// created and deleted with no listing seeing them, or seen as the live file only and
-    /// pruned before they were read (a key pruned out of order; see `find_rotated`).
+    /// reported must be generations really pruned since the start and not read to their end
+    /// since: created and deleted with no listing seeing them, or seen as the live file only
+    /// and pruned before they were read (see `find_rotated`).
     fn scan(&mut self, w: &Writer, rec: &mut Record) -> Result<(), Failure> {
         self.unseen.created(w.created - self.counted);
         self.counted = w.created;
@@ -236,19 +239,17 @@ impl Reader {
         let really: Vec<usize> = w.pruned[self.pruned_base..]
             .iter()
             .copied()
-            .filter(|&i| {
-                w.content[i]
-                    .iter()
-                    .any(|&seq| rec.delivered[seq as usize] == 0)
-            })
+            .filter(|i| !self.read_whole.contains(i))
             .collect();
         if self.unseen.reported() > really.len() as u64 {
             return Err(format!(
                 "{} generations reported unseen, but only {really:?} were pruned unread; \
-                 created since the start {:?}, found {}",
+                 created since the start {:?}, found {}, pruned since {:?}, read whole {:?}",
                 self.unseen.reported(),
                 &w.lives[1 + self.created_base as usize..],
-                self.plan.found
+                self.plan.found,
+                &w.pruned[self.pruned_base..],
+                self.read_whole
             ));
         }
         Ok(())
@@ -342,6 +343,7 @@ impl Reader {
                 Eof::Drain => {
                     rec.note(|| format!("finished serial {serial} at {offset}"));
                     self.plan.finished(serial, offset);
+                    self.read_whole.push(w.gen_of_inode(ino));
                     self.reading = None;
                     self.observe(w, rec);
                 }

@@ -268,6 +268,14 @@ impl Writer {
         }
     }
 
+    /// The plain generation (inode) a file holds (a `.gz` holds its backup's).
+    pub fn gen_of_inode(&self, ino: usize) -> usize {
+        match self.content[ino].first() {
+            Some(&seq) => self.gen_of[seq as usize],
+            None => ino,
+        }
+    }
+
     /// The plain generation (inode) of a generation as the plan names it.
     pub fn generation(&self, g: Gen) -> usize {
         match g {
