@@ -427,9 +427,16 @@ impl Reader {
                 .iter()
                 .position(|&x| x == seq as u64)
                 .unwrap_or(0) as u64;
+            // Before the cursor and known: a slot's inode number can come to name a newer file
+            // (an unheld live file rotated, compressed and its number reused), and the
+            // generation it had is then in no slot until a listing finds its key again.
+            let known = || {
+                let mut keys = w.key_ino.iter().filter(|(_, i)| **i == g);
+                keys.any(|(k, _)| saved.known.contains(k))
+            };
             let before_cursor = match cursor {
                 Some((cg, upto)) if cg == g => index < upto,
-                _ => !unsettled.contains(&g),
+                _ => !unsettled.contains(&g) && known(),
             };
             if before_cursor {
                 rec.durable[seq] = true;
