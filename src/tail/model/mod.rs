@@ -8,6 +8,10 @@
 //!   generation, a time window, or a generation counted as created and pruned unseen;
 //! - a byte range reported lost holds no line that was durably committed, is exact when it
 //!   says so, and none of its lines is delivered afterwards;
+//! - a generation reported created and deleted unseen (inotify's count against the generations
+//!   found, checked as `Tailer::scan` does) was really pruned, and not read to its end, since
+//!   the reader started: the count never raises a false alarm (the filesystem reuses the
+//!   inode numbers of deleted files no descriptor holds, in half the schedules, as ext4 does);
 //! - lines come out in write order, each once, except lines after the stored cursor, which a
 //!   restart reads again (and write order is relaxed once the clock stepped backwards: keys
 //!   then disagree with it, and the plan follows the keys).

@@ -32,7 +32,9 @@ impl LogPlan {
     /// file, and ext4 gives it to the next `audit.log` (found under load: that file was not
     /// counted as found until the keyed generation was read, and the creation count reported
     /// it as created and deleted unseen). A backup of the listing with the live inode says the
-    /// live name was looked up before a rotation: not a new file either.
+    /// live name was looked up before a rotation: not a new file either. (Without `/proc`,
+    /// `names` is empty: a live name looked up before a rotation whose plain backup is already
+    /// gone from the directory read is taken for a new file once; the next listing drops it.)
     fn new_live(&self, listing: &Listing, names: &[(u64, FdName)]) -> Option<DevIno> {
         let (ino, _) = listing.live?;
         let held = |serial| names.iter().any(|(s, _)| *s == serial);
