@@ -261,13 +261,10 @@ impl Reader {
 
     fn observe(&mut self, w: &Writer, rec: &mut Record) {
         let listing = w.listing();
-        let mut names: Vec<(u64, FdName)> = self
-            .held
-            .iter()
-            .filter(|h| !h.2)
-            .map(|h| (h.0, w.fd_name(h.1)))
-            .collect();
-        if let Some((serial, ino, false, _)) = self.reading {
+        let mut names: Vec<(u64, FdName)> =
+            self.held.iter().map(|h| (h.0, w.fd_name(h.1))).collect();
+        // As `Log::observe`: every descriptor held, a `.gz` too (its name is elsewhere).
+        if let Some((serial, ino, _, _)) = self.reading {
             names.push((serial, w.fd_name(ino)));
         }
         let mut confirm = |g, fp| w.confirms(g, fp);

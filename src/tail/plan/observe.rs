@@ -25,7 +25,7 @@ impl LogPlan {
     }
 
     /// The listing's live file, if it is a generation no slot follows yet. It is followed by
-    /// a slot without a key (not rotated yet) with its inode, or by one with a key whose
+    /// a slot without a key (not rotated yet) with its inode, or by one with a key whose plain
     /// inode is held open in `names` (the live name was looked up just before the rotation).
     /// A keyed slot whose inode is not held does not follow it: once its plain backup is
     /// deleted (compressed, pruned), the filesystem may give its inode number to the next
@@ -37,7 +37,11 @@ impl LogPlan {
     /// gone from the directory read is taken for a new file once; the next listing drops it.)
     fn new_live(&self, listing: &Listing, names: &[(u64, FdName)]) -> Option<DevIno> {
         let (ino, _) = listing.live?;
-        let held = |serial| names.iter().any(|(s, _)| *s == serial);
+        // A descriptor on the plain file (a `.gz`'s name is elsewhere: it holds another inode).
+        let held = |serial| {
+            let plain = |n: &FdName| *n != FdName::Elsewhere;
+            names.iter().any(|(s, n)| *s == serial && plain(n))
+        };
         let followed = self
             .slots
             .iter()
@@ -215,7 +219,11 @@ mod tests {
             backups: vec![listed(k1, None), listed(k2, Some((1, 11)))],
             live: Some(((1, 10), 0)),
         };
-        let names = [(live_serial, FdName::Backup(k2))];
+        // k1 is held as its .gz: the I/O layer names every descriptor it holds.
+        let names = [
+            (plan.slots[0].serial, FdName::Elsewhere),
+            (live_serial, FdName::Backup(k2)),
+        ];
         for _ in 0..2 {
             plan.observe(&after, &names, &mut |_, _| false, &mut serials);
             assert_eq!(check.listed(plan.found), Verdict::Balanced);
