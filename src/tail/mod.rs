@@ -43,6 +43,7 @@ use cursor::{Cursors, LoadProblem, Loaded};
 use file::Fingerprint;
 use generation::Names;
 use log::Log;
+use plan::unseen::{UnseenCheck, Verdict};
 use plan::{FirstStart, LogPlan, Saved, Serials};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -94,20 +95,6 @@ impl TailConfig {
             read_budget: 4 * 1024 * 1024,
         }
     }
-}
-
-/// Invariant: every generation created under the followed name after start-up is found by a
-/// listing (as the live file or under its key) or reported. inotify counts the creations; a
-/// listing taken after the count sees every file created before it unless it is gone. A
-/// shortfall is reported once it lasts two listings (a directory read while a file was
-/// renamed and compressed can miss both its names once). Files found without a counted
-/// creation (created just before start-up) make the count a lower bound; a queue overflow
-/// resets it.
-#[derive(Default)]
-struct UnseenCheck {
-    created: u64,
-    reported: u64,
-    short_before: bool,
 }
 
 fn bad_pattern(pattern: &str, e: impl std::fmt::Display) -> io::Error {
@@ -361,10 +348,9 @@ impl Tailer {
                     "inotify queue overflow: a file of {} created and deleted unseen would go unreported",
                     self.cfg.pattern
                 );
-                let found: i64 = self.logs.iter().map(|l| l.plan.found).sum();
-                u.created = (found + u.reported as i64).max(0) as u64;
+                u.overflowed(self.logs.iter().map(|l| l.plan.found).sum());
             } else {
-                u.created += wake.created;
+                u.created(wake.created);
             }
         }
     }
@@ -376,27 +362,19 @@ impl Tailer {
         let Some(u) = self.unseen.as_mut() else {
             return;
         };
-        let short = (u.created as i64 - found - u.reported as i64).max(0) as u64;
-        if short == 0 {
-            u.short_before = false;
-            return;
+        match u.listed(found) {
+            Verdict::Balanced => {}
+            Verdict::LookAgain => self.rescan = true,
+            Verdict::Unseen(files) => self.gaps.push(Gap {
+                path: PathBuf::from(&self.cfg.pattern),
+                offset: 0,
+                bytes: 0,
+                exact: false,
+                reason: GapReason::Unseen { files },
+                lost_from: None,
+                lost_until: None,
+            }),
         }
-        if !u.short_before {
-            u.short_before = true;
-            self.rescan = true;
-            return;
-        }
-        u.reported += short;
-        u.short_before = false;
-        self.gaps.push(Gap {
-            path: PathBuf::from(&self.cfg.pattern),
-            offset: 0,
-            bytes: 0,
-            exact: false,
-            reason: GapReason::Unseen { files: short },
-            lost_from: None,
-            lost_until: None,
-        });
     }
 
     /// Waits for the watcher (or the rescan interval) to say there is something to read.

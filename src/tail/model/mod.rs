@@ -8,6 +8,10 @@
 //!   generation, a time window, or a generation counted as created and pruned unseen;
 //! - a byte range reported lost holds no line that was durably committed, is exact when it
 //!   says so, and none of its lines is delivered afterwards;
+//! - a generation reported created and deleted unseen (inotify's count against the generations
+//!   found, checked as `Tailer::scan` does) was really pruned, and not read to its end, since
+//!   the reader started: the count never raises a false alarm (the filesystem reuses the
+//!   inode numbers of deleted files no descriptor holds, in half the schedules, as ext4 does);
 //! - lines come out in write order, each once, except lines after the stored cursor, which a
 //!   restart reads again (and write order is relaxed once the clock stepped backwards: keys
 //!   then disagree with it, and the plan follows the keys).
@@ -16,6 +20,7 @@
 //! `KAS_MODEL_SEED` replays one schedule, printing its steps.
 
 use super::generation::{FdName, Key};
+use super::plan::unseen::{UnseenCheck, Verdict};
 use super::plan::{Eof, FirstStart, Gen, LogPlan, Lost, Saved, Serials};
 
 mod writer;
@@ -41,8 +46,15 @@ struct Reader {
     /// Delivered, not committed: (serial, end, line).
     pending: Vec<(u64, u64, u64)>,
     max_held: usize,
+    /// The creations of files under the live name (`Writer::created`) before this start,
+    /// and up to the last scan (what inotify has counted).
     created_base: u64,
-    unseen_reported: u64,
+    counted: u64,
+    /// Generations pruned before this start (`Writer::pruned`).
+    pruned_base: usize,
+    /// Generations (plain inodes) this incarnation read to their end.
+    read_whole: Vec<usize>,
+    unseen: UnseenCheck,
     last_delivered: Option<u64>,
 }
 
@@ -57,7 +69,14 @@ struct Record {
     gapped: Vec<bool>,
     windows: Vec<(Option<i64>, i64)>,
     unseen: u64,
+    /// A limit, not a bug: a shortfall of the creation count not reported yet (it waits for
+    /// a second listing) when the shipper crashes is not reported after the restart, which
+    /// resumes at the stored cursor and names nothing created before it.
+    unseen_at_crash: u64,
     saved: Option<Saved>,
+    /// The inode of the stored cursor's live file when it was stored: its number may name
+    /// another file by the time a restart reports it lost.
+    saved_live: Option<(Gen, usize)>,
     /// Generations pruned before any cursor was stored: the shipper had not started durably
     /// (see `LogPlan::settle`), and a restart is a first start again.
     unanchored: Vec<usize>,
@@ -108,7 +127,10 @@ impl Reader {
             pending: Vec::new(),
             max_held,
             created_base: w.created,
-            unseen_reported: 0,
+            counted: w.created,
+            pruned_base: w.pruned.len(),
+            read_whole: Vec::new(),
+            unseen: UnseenCheck::default(),
             last_delivered: None,
         };
         for lost in losses {
@@ -126,7 +148,10 @@ impl Reader {
             self.window(w, rec, lost);
             return Ok(());
         }
-        let ino = w.generation(lost.generation);
+        let ino = match rec.saved_live {
+            Some((g, ino)) if g == lost.generation => ino,
+            _ => w.generation(lost.generation),
+        };
         let lines = &w.content[ino];
         let len = lines.len() as u64 * L;
         if !lost.offset.is_multiple_of(L) || lost.offset > len {
@@ -194,15 +219,52 @@ impl Reader {
         }
     }
 
+    /// The inodes the reader holds open (their numbers cannot be reused).
+    fn pinned(&self) -> Vec<usize> {
+        let held = self.held.iter().map(|h| h.1);
+        held.chain(self.reading.map(|r| r.1)).collect()
+    }
+
+    /// A rescan, as `Tailer::scan` does it: inotify's count of created files is taken, the
+    /// directory listed, and the count checked against the generations found. A shortfall
+    /// reported must be generations really pruned since the start and not read to their end
+    /// since: created and deleted with no listing seeing them, or seen as the live file only
+    /// and pruned before they were read (see `find_rotated`).
+    fn scan(&mut self, w: &Writer, rec: &mut Record) -> Result<(), Failure> {
+        self.unseen.created(w.created - self.counted);
+        self.counted = w.created;
+        self.observe(w, rec);
+        let Verdict::Unseen(n) = self.unseen.listed(self.plan.found) else {
+            return Ok(());
+        };
+        rec.unseen += n;
+        rec.note(|| format!("UNSEEN {n}"));
+        rec.grow(w);
+        let really: Vec<usize> = w.pruned[self.pruned_base..]
+            .iter()
+            .copied()
+            .filter(|i| !self.read_whole.contains(i))
+            .collect();
+        if self.unseen.reported() > really.len() as u64 {
+            return Err(format!(
+                "{} generations reported unseen, but only {really:?} were pruned unread; \
+                 created since the start {:?}, found {}, pruned since {:?}, read whole {:?}",
+                self.unseen.reported(),
+                &w.lives[1 + self.created_base as usize..],
+                self.plan.found,
+                &w.pruned[self.pruned_base..],
+                self.read_whole
+            ));
+        }
+        Ok(())
+    }
+
     fn observe(&mut self, w: &Writer, rec: &mut Record) {
         let listing = w.listing();
-        let mut names: Vec<(u64, FdName)> = self
-            .held
-            .iter()
-            .filter(|h| !h.2)
-            .map(|h| (h.0, w.fd_name(h.1)))
-            .collect();
-        if let Some((serial, ino, false, _)) = self.reading {
+        let mut names: Vec<(u64, FdName)> =
+            self.held.iter().map(|h| (h.0, w.fd_name(h.1))).collect();
+        // As `Log::observe`: every descriptor held, a `.gz` too (its name is elsewhere).
+        if let Some((serial, ino, _, _)) = self.reading {
             names.push((serial, w.fd_name(ino)));
         }
         let mut confirm = |g, fp| w.confirms(g, fp);
@@ -210,17 +272,13 @@ impl Reader {
             .plan
             .observe(&listing, &names, &mut confirm, &mut self.serials);
         rec.note(|| format!("observe: added {added:?}, slots {:?}", self.slots()));
+        rec.note(|| {
+            format!(
+                "  listing {listing:?} names {names:?} found {}",
+                self.plan.found
+            )
+        });
         self.hold(w);
-        // inotify's count of created files against the generations found.
-        let short = ((w.created - self.created_base) as i64
-            - self.plan.found
-            - self.unseen_reported as i64)
-            .max(0) as u64;
-        if short > 0 {
-            self.unseen_reported += short;
-            rec.unseen += short;
-            rec.note(|| format!("UNSEEN {short}"));
-        }
     }
 
     fn slots(&self) -> Vec<SlotView> {
@@ -286,6 +344,7 @@ impl Reader {
                 Eof::Drain => {
                     rec.note(|| format!("finished serial {serial} at {offset}"));
                     self.plan.finished(serial, offset);
+                    self.read_whole.push(w.gen_of_inode(ino));
                     self.reading = None;
                     self.observe(w, rec);
                 }
@@ -369,14 +428,27 @@ impl Reader {
                 .iter()
                 .position(|&x| x == seq as u64)
                 .unwrap_or(0) as u64;
+            // Before the cursor and known: a slot's inode number can come to name a newer file
+            // (an unheld live file rotated, compressed and its number reused), and the
+            // generation it had is then in no slot until a listing finds its key again.
+            let known = || {
+                let mut keys = w.key_ino.iter().filter(|(_, i)| **i == g);
+                keys.any(|(k, _)| saved.known.contains(k))
+            };
             let before_cursor = match cursor {
                 Some((cg, upto)) if cg == g => index < upto,
-                _ => !unsettled.contains(&g),
+                _ => !unsettled.contains(&g) && known(),
             };
             if before_cursor {
                 rec.durable[seq] = true;
             }
         }
+        rec.saved_live = saved
+            .cursor
+            .as_ref()
+            .map(|c| c.generation)
+            .filter(|g| matches!(g, Gen::Live(_)))
+            .map(|g| (g, w.generation(g)));
         rec.saved = Some(saved);
     }
 }
@@ -398,6 +470,7 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
     let steps = 10 + rng.below(40);
     for _ in 0..steps {
         rec.grow(&w);
+        w.pinned = reader.as_ref().map(Reader::pinned).unwrap_or_default();
         let pruned_before = w.pruned.len();
         match rng.below(100) {
             0..=29 => {
@@ -408,6 +481,7 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
             30..=39 => {
                 let back = rng.chance(8);
                 rec.note(|| format!("rotate{}", if back { " (clock back)" } else { "" }));
+                rec.note(|| format!("  pinned {:?} numbers {:?}", w.pinned, w.number));
                 w.rotate(&mut rng, back);
                 if !w.compress {
                     w.prune();
@@ -420,7 +494,7 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
             40..=49 => w.prune(),
             50..=59 => {
                 if let Some(r) = reader.as_mut() {
-                    r.observe(&w, rec);
+                    r.scan(&w, rec)?;
                 }
             }
             60..=74 => {
@@ -440,9 +514,11 @@ fn run_schedule(seed: u64, rec: &mut Record) -> Result<(), Failure> {
                 }
             }
             _ => {
-                if reader.is_some() {
-                    rec.note(|| "crash".into());
-                    reader = None;
+                if let Some(mut r) = reader.take() {
+                    r.unseen.created(w.created - r.counted);
+                    let pending = r.unseen.pending(r.plan.found);
+                    rec.note(|| format!("crash (shortfall not reported yet: {pending})"));
+                    rec.unseen_at_crash += pending;
                 } else {
                     rec.note(|| "restart".into());
                     reader = Some(Reader::start(&w, rec, max_held)?);
@@ -473,7 +549,7 @@ fn finish(
         }
     };
     for _ in 0..200 {
-        r.observe(w, rec);
+        r.scan(w, rec)?;
         r.read(w, rec, 1000)?;
         let n = r.pending.len();
         r.commit(rec, n);
@@ -487,6 +563,9 @@ fn finish(
             break;
         }
     }
+    // A shortfall is reported once it lasts two listings.
+    r.scan(w, rec)?;
+    r.scan(w, rec)?;
     rec.grow(w);
     // Lines neither delivered nor inside a reported range or window, by generation: each
     // such generation must be one of those the creation count reported unseen.
@@ -520,7 +599,7 @@ fn finish(
             uncovered.push((g, seq));
         }
     }
-    if uncovered.len() as u64 > rec.unseen {
+    if uncovered.len() as u64 > rec.unseen + rec.unseen_at_crash {
         return Err(format!(
             "lines neither delivered nor reported lost, (generation, first line): {uncovered:?}; \
              windows {:?}, unseen reported {}; files {:?}",

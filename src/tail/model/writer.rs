@@ -57,6 +57,18 @@ pub struct Writer {
     pub pruned_out_of_order: Vec<usize>,
     /// Every generation (plain inode) pruned, in order.
     pub pruned: Vec<usize>,
+    /// The live file of each creation, in order (`lives[0]` was there at the start).
+    pub lives: Vec<usize>,
+    /// The inode number of each inode, as listings show it.
+    pub number: Vec<u64>,
+    /// Inodes whose every name is deleted: their numbers are free once no descriptor holds
+    /// them, and the filesystem may give them to the next file (ext4 does at once: a new
+    /// `audit.log` takes the number of the plain backup deleted just before).
+    gone: Vec<usize>,
+    /// Inodes the reader holds open (set by the schedule before each writer step).
+    pub pinned: Vec<usize>,
+    /// Numbers of deleted inodes are reused (else every file has a number of its own).
+    pub reuse: bool,
 }
 
 pub fn key_at(t: u64) -> Key {
@@ -87,7 +99,34 @@ impl Writer {
             created: 0,
             pruned_out_of_order: Vec::new(),
             pruned: Vec::new(),
+            lives: vec![0],
+            number: vec![0],
+            gone: Vec::new(),
+            pinned: Vec::new(),
+            // A bit of the seed, not a draw: the schedules of older seeds stay as they were.
+            reuse: (rng.0 >> 17) & 1 == 1,
         }
+    }
+
+    /// A new file: the lowest free number of a deleted inode no descriptor holds, if reused.
+    fn new_file(&mut self, content: Vec<u64>, name: Name) -> usize {
+        let in_use = |i: usize| !self.gone.contains(&i) || self.pinned.contains(&i);
+        let used: Vec<u64> = (0..self.number.len())
+            .filter(|&i| in_use(i))
+            .map(|i| self.number[i])
+            .collect();
+        let fresh = self.number.iter().max().map_or(0, |m| m + 1);
+        let free = self
+            .gone
+            .iter()
+            .map(|&i| self.number[i])
+            .filter(|n| !used.contains(n))
+            .min();
+        let number = free.filter(|_| self.reuse).unwrap_or(fresh);
+        self.content.push(content);
+        self.name.push(name);
+        self.number.push(number);
+        self.content.len() - 1
     }
 
     pub fn lines(&self) -> u64 {
@@ -123,9 +162,8 @@ impl Writer {
         self.name[self.live] = Name::Backup(key);
         self.backups.insert(key, (Some(self.live), None));
         self.key_ino.insert(key, self.live);
-        self.content.push(Vec::new());
-        self.name.push(Name::Live);
-        self.live = self.content.len() - 1;
+        self.live = self.new_file(Vec::new(), Name::Live);
+        self.lives.push(self.live);
         self.created += 1;
     }
 
@@ -142,17 +180,21 @@ impl Writer {
             return;
         }
         let k = todo[rng.below(todo.len() as u64) as usize];
-        let Some(entry) = self.backups.get_mut(&k) else {
+        let Some(&entry) = self.backups.get(&k) else {
             return;
         };
-        match *entry {
+        match entry {
             (Some(p), None) => {
                 let copy = self.content[p].clone();
-                self.content.push(copy);
-                self.name.push(Name::Gz);
-                entry.1 = Some(self.content.len() - 1);
+                let gz = self.new_file(copy, Name::Gz);
+                if let Some(entry) = self.backups.get_mut(&k) {
+                    entry.1 = Some(gz);
+                }
             }
-            (Some(_), Some(_)) => entry.0 = None,
+            (Some(p), Some(gz)) => {
+                self.backups.insert(k, (None, Some(gz)));
+                self.gone.push(p);
+            }
             _ => {}
         }
     }
@@ -160,9 +202,10 @@ impl Writer {
     /// Deletes the oldest backups (by key) beyond `max_backup`, as lumberjack does.
     pub fn prune(&mut self) {
         while self.backups.len() > self.max_backup {
-            let Some((k, _)) = self.backups.pop_first() else {
+            let Some((k, (plain, gz))) = self.backups.pop_first() else {
                 break;
             };
+            self.gone.extend(plain.into_iter().chain(gz));
             let ino = self.key_ino[&k];
             self.pruned.push(ino);
             if self.backups.keys().any(|other| self.key_ino[other] < ino) {
@@ -178,12 +221,12 @@ impl Writer {
                 .iter()
                 .map(|(k, (p, g))| Listed {
                     key: *k,
-                    plain: p.map(|i| (0, i as u64)),
+                    plain: p.map(|i| (0, self.number[i])),
                     gz: g.is_some(),
                 })
                 .collect(),
             live: Some((
-                (0, self.live as u64),
+                (0, self.number[self.live]),
                 self.content[self.live].len() as u64 * L,
             )),
         }
@@ -192,7 +235,7 @@ impl Writer {
     /// The file a generation is under now: (inode, gz).
     pub fn find(&self, g: Gen) -> Option<(usize, bool)> {
         match g {
-            Gen::Live((_, ino)) => (ino as usize == self.live).then_some((self.live, false)),
+            Gen::Live((_, n)) => (self.number[self.live] == n).then_some((self.live, false)),
             Gen::Backup(k) => match self.backups.get(&k)? {
                 (Some(p), _) => Some((*p, false)),
                 (None, Some(z)) => Some((*z, true)),
@@ -225,10 +268,22 @@ impl Writer {
         }
     }
 
+    /// The plain generation (inode) a file holds (a `.gz` holds its backup's).
+    pub fn gen_of_inode(&self, ino: usize) -> usize {
+        match self.content[ino].first() {
+            Some(&seq) => self.gen_of[seq as usize],
+            None => ino,
+        }
+    }
+
     /// The plain generation (inode) of a generation as the plan names it.
     pub fn generation(&self, g: Gen) -> usize {
         match g {
-            Gen::Live((_, ino)) => ino as usize,
+            // The latest plain file with that number: the one the live name had last.
+            Gen::Live((_, n)) => (0..self.number.len())
+                .rev()
+                .find(|&i| self.number[i] == n && self.name[i] != Name::Gz)
+                .unwrap_or(0),
             Gen::Backup(k) => self.key_ino[&k],
         }
     }

@@ -209,6 +209,7 @@ fn insert_known(known: &mut Vec<Key>, key: Key) {
 
 mod observe;
 mod start;
+pub mod unseen;
 
 impl LogPlan {
     fn slot_mut(&mut self, serial: u64) -> Option<&mut Slot> {
