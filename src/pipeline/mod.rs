@@ -174,6 +174,9 @@ pub(crate) struct Stage {
     pub(crate) line_warnings: LineWarnings,
     /// An input problem was logged (so its end is, too).
     pub(crate) input_complained: bool,
+    /// A batch was lost to a batching error since the webhook last looked (a file's lines
+    /// are simply not committed; a webhook request must not be answered 200).
+    pub(crate) batch_lost: bool,
 }
 
 impl Stage {
@@ -206,7 +209,17 @@ impl Stage {
             last_error_log: [None; Problem::COUNT],
             line_warnings: LineWarnings::new(),
             input_complained: false,
+            batch_lost: false,
         }
+    }
+
+    /// Compressing into memory does not fail; if it ever does, the batch is gone: a file's
+    /// positions are not committed (its lines are read again after a restart), and the
+    /// webhook answers 503 for the requests in flight ([`Stage::batch_lost`]).
+    #[cold]
+    fn batching_failed(&mut self, e: &dyn std::fmt::Display) {
+        log::error!("batching failed: {e}");
+        self.batch_lost = true;
     }
 
     /// Seals every open batch and hands it to the spool, with the gap records of what
@@ -219,7 +232,7 @@ impl Stage {
                         self.seal(slot(b.class), b);
                     }
                 }
-                Err(e) => log::error!("batching failed: {e}"),
+                Err(e) => self.batching_failed(&e),
             }
             if self.evicted.is_empty() {
                 return self.backlog.is_empty();
@@ -431,9 +444,8 @@ impl Stage {
         match self.batcher.add(class, body_form, ts, Instant::now()) {
             Ok(Some(sealed)) => self.seal(k, sealed),
             Ok(None) => {}
-            // Compressing into memory does not fail; if it ever does, the batch is gone and
-            // the positions are not committed: the lines are read again after a restart.
-            Err(e) => log::error!("batching failed: {e}"),
+            // See `batching_failed`.
+            Err(e) => self.batching_failed(&e),
         }
         if let Some((serial, start, end)) = mark {
             self.commits.batched(k, serial, start, end);
@@ -547,7 +559,7 @@ impl Stage {
                     self.seal(slot(b.class), b);
                 }
             }
-            Err(e) => log::error!("batching failed: {e}"),
+            Err(e) => self.batching_failed(&e),
         }
     }
 

@@ -285,6 +285,7 @@ fn commit_group(stage: &mut Stage, group: &[Job], item: &mut Vec<u8>) -> Outcome
     if !stage.backlog.is_empty() {
         return Outcome::Busy(busy_reason(stage));
     }
+    stage.batch_lost = false;
     let origin = Path::new(WEBHOOK_ID);
     for job in group {
         for r in &job.items {
@@ -297,7 +298,12 @@ fn commit_group(stage: &mut Stage, group: &[Job], item: &mut Vec<u8>) -> Outcome
             stage.line(item, len, origin, r.start as u64, None);
         }
     }
-    if stage.seal_everything() {
+    let stored = stage.seal_everything();
+    // A batch lost to a batching error held events of this group: not durable.
+    if std::mem::take(&mut stage.batch_lost) {
+        return Outcome::Busy("a batch could not be compressed");
+    }
+    if stored {
         Outcome::Durable
     } else {
         Outcome::Busy(busy_reason(stage))
